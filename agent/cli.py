@@ -1,0 +1,114 @@
+"""`vigil-agent`: run the node agent, or check the host with `doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from vigil import __version__
+from vigil.api.config import AgentConfig, ConfigError, load_config
+
+log = logging.getLogger("vigil.agent")
+
+OUTPUTS = ("console", "json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vigil-agent",
+        description="eBPF node agent: process telemetry from tracepoints, attributed to cgroups.",
+    )
+    parser.add_argument("--version", action="version", version=f"vigil-agent {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="attach the probes and stream what they see")
+    run.add_argument("--config", type=Path, help="AgentConfig YAML (default: built-in defaults)")
+    run.add_argument(
+        "--probes",
+        help="comma-separated probes to run, overriding the config (e.g. process)",
+    )
+    run.add_argument(
+        "--output",
+        default="console",
+        help=f"where events go: {' | '.join(OUTPUTS)} (default: console)",
+    )
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    doctor = commands.add_parser("doctor", help="check kernel features, privileges and offsets")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _sinks(output: str) -> list[object]:
+    from vigil.agent.sinks.console import ConsoleSink
+    from vigil.agent.sinks.jsonl import JsonLinesSink
+
+    sinks: list[object] = []
+    for name in (part.strip() for part in output.split(",")):
+        if name == "console":
+            sinks.append(ConsoleSink())
+        elif name == "json":
+            sinks.append(JsonLinesSink())
+        else:
+            raise ConfigError(
+                f"--output: unknown output {name!r}; choose from {', '.join(OUTPUTS)}"
+            )
+    return sinks
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vigil.agent.runtime import Agent, AgentError
+    from vigil.agent.sinks.base import Sink
+
+    try:
+        config = load_config(args.config) if args.config else AgentConfig()
+        sinks: list[Sink] = _sinks(args.output)  # type: ignore[assignment]
+        probes = [p.strip() for p in args.probes.split(",")] if args.probes else None
+        agent = Agent(config, sinks=sinks, probes=probes)
+    except (ConfigError, AgentError) as exc:
+        log.error("%s", exc)
+        return 2
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        agent.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        agent.start()
+    except AgentError as exc:
+        log.error("%s (run `vigil-agent doctor`)", exc)
+        return 1
+    try:
+        agent.wait(args.duration)
+    finally:
+        agent.stop()
+        for name, counters in agent.counters().items():
+            summary = " ".join(f"{key}={value}" for key, value in counters.items())
+            log.info("probe %s: %s", name, summary)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "doctor":
+        from vigil.agent import doctor
+
+        return doctor.main(as_json=args.json)
+    return _run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Mask secrets in captured command lines before they leave the agent.
+
+Patterns run over the command line joined with single spaces, so one pattern
+can match `--token=abc` inside an argument and `--token abc` across two. The
+named group `value` (else the whole match) is masked; the mask is mapped back
+onto each argument, so the result is still a list of arguments.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+REDACTED = "REDACTED"
+
+
+class Redactor:
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self._patterns = [re.compile(p) for p in patterns]
+
+    def __bool__(self) -> bool:
+        return bool(self._patterns)
+
+    def _masked_spans(self, line: str) -> list[tuple[int, int]]:
+        spans = []
+        for pattern in self._patterns:
+            for match in pattern.finditer(line):
+                group = "value" if "value" in pattern.groupindex else 0
+                start, end = match.span(group)
+                if end > start:
+                    spans.append((start, end))
+        return spans
+
+    def redact(self, args: Sequence[str]) -> list[str]:
+        """Return `args` with every masked run replaced by REDACTED."""
+        if not self._patterns or not args:
+            return list(args)
+        line = " ".join(args)
+        spans = self._masked_spans(line)
+        if not spans:
+            return list(args)
+        masked = bytearray(len(line))
+        for start, end in spans:
+            masked[start:end] = b"\x01" * (end - start)
+        result = []
+        position = 0
+        for arg in args:
+            end = position + len(arg)
+            if any(masked[position:end]):
+                result.append(_mask_argument(arg, masked[position:end]))
+            else:
+                result.append(arg)
+            position = end + 1  # the joining space
+        return result
+
+
+def _mask_argument(arg: str, mask: bytearray) -> str:
+    out = []
+    index = 0
+    while index < len(arg):
+        if mask[index]:
+            while index < len(arg) and mask[index]:
+                index += 1
+            out.append(REDACTED)
+        else:
+            start = index
+            while index < len(arg) and not mask[index]:
+                index += 1
+            out.append(arg[start:index])
+    return "".join(out)

@@ -1,0 +1,154 @@
+"""What a probe is: a BPF source, the hooks it attaches to, and a decoder.
+
+A probe declares everything the agent needs to know before compiling it
+(tracepoints, BTF members, ring buffers), so the supervisor can compile the
+enabled probes together in one bcc module, attach and detach each probe on
+its own, and report one that fails while the others run.
+"""
+
+from __future__ import annotations
+
+import abc
+import ctypes
+import logging
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from vigil.agent.pipeline.counters import ProbeCounters
+from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.timefmt import MonotonicClock
+
+log = logging.getLogger(__name__)
+
+
+class ProbeError(RuntimeError):
+    """A probe could not be compiled, loaded or attached; the others keep running."""
+
+
+class DecodeError(ValueError):
+    """A ring buffer record that does not match the probe's layout."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """One program of the probe and the tracepoint it attaches to."""
+
+    kind: Literal["tracepoint", "raw_tracepoint"]
+    tracepoint: str  # tracefs name, "category:event"
+    function: str  # the C function in the probe's .bpf.c
+
+    @property
+    def target(self) -> bytes:
+        """What bcc's attach/detach calls take: "cat:event", or just "event" when raw."""
+        name = self.tracepoint if self.kind == "tracepoint" else self.tracepoint.split(":")[1]
+        return name.encode()
+
+
+class RecordLayout:
+    """The fixed part of a C record as (field, struct code) pairs, no padding.
+
+    The C struct in bpf/*.bpf.c is the source of truth; tests compare these
+    offsets with the ones bcc derives from the C definition.
+    """
+
+    def __init__(self, fields: Sequence[tuple[str, str]]) -> None:
+        self.fields = tuple(fields)
+        self.struct = struct.Struct("<" + "".join(code for _, code in self.fields))
+        self.size = self.struct.size
+
+    def offsets(self) -> dict[str, int]:
+        result, position = {}, 0
+        for name, code in self.fields:
+            result[name] = position
+            position += struct.calcsize("<" + code)
+        return result
+
+
+@dataclass(slots=True)
+class ProbeContext:
+    """What probes share with the pipeline."""
+
+    clock: MonotonicClock
+
+
+class Probe(abc.ABC):
+    name: ClassVar[str]
+    source: ClassVar[str]  # file name in bpf/
+    hooks: ClassVar[tuple[Hook, ...]]
+    members: ClassVar[tuple[str, ...]] = ()  # kernel struct members read via BTF
+    ring_buffers: ClassVar[tuple[str, ...]] = ()
+    drops_map: ClassVar[str | None] = None
+
+    def __init__(self, context: ProbeContext) -> None:
+        self.context = context
+        self.counters = ProbeCounters()
+        self.bpf: Any = None
+        self._attached: list[Hook] = []
+
+    def defines(self) -> dict[str, int | str]:
+        """Compile-time constants (sizes); everything else goes through maps."""
+        return {}
+
+    def configure(self, bpf: Any) -> None:
+        """Write the probe's configuration maps; called after load and on reload."""
+
+    @abc.abstractmethod
+    def decode(self, record: bytes) -> Event:
+        """Turn one ring buffer record into an event; raise DecodeError if malformed."""
+
+    def decode_batch(self, records: Sequence[bytes]) -> list[Event]:
+        events = []
+        decode = self.decode
+        for record in records:
+            try:
+                events.append(decode(record))
+            except DecodeError as exc:
+                self.counters.decode_errors += 1
+                log.debug("%s: %s", self.name, exc)
+        return events
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def attach(self, bpf: Any) -> None:
+        """Load and attach every hook; on failure detach what was attached and raise."""
+        self.bpf = bpf
+        self.configure(bpf)
+        try:
+            for hook in self.hooks:
+                attach = (
+                    bpf.attach_tracepoint
+                    if hook.kind == "tracepoint"
+                    else bpf.attach_raw_tracepoint
+                )
+                attach(tp=hook.target, fn_name=hook.function.encode())
+                self._attached.append(hook)
+        except Exception as exc:
+            self.detach()
+            raise ProbeError(f"probe {self.name}: cannot attach {hook.tracepoint}: {exc}") from exc
+
+    def detach(self) -> None:
+        for hook in reversed(self._attached):
+            try:
+                detach = (
+                    self.bpf.detach_tracepoint
+                    if hook.kind == "tracepoint"
+                    else self.bpf.detach_raw_tracepoint
+                )
+                detach(tp=hook.target)
+            except Exception as exc:  # keep detaching the rest
+                log.warning("probe %s: detach %s failed: %s", self.name, hook.tracepoint, exc)
+        self._attached.clear()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._attached)
+
+    def read_kernel_drops(self) -> None:
+        """Refresh the kernel-side drop counters from the probe's per-CPU drop map."""
+        if self.bpf is None or self.drops_map is None:
+            return
+        table = self.bpf[self.drops_map]
+        totals = [sum(int(v) for v in table.getvalue(ctypes.c_int(slot))) for slot in range(2)]
+        self.counters.dropped_kernel, self.counters.map_full = totals

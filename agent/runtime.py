@@ -1,0 +1,221 @@
+"""The running agent: compile and attach probes, run the pipeline, stop cleanly.
+
+Start-up compiles the enabled probes' C files together (one clang run); if
+that fails it compiles them one by one to find the culprit, reports it, and
+runs the rest. Shutdown detaches every program first, then drains what the
+ring buffers still hold, so no event seen before the stop is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from vigil.agent.enrich.processes import ProcessTable
+from vigil.agent.kernel import compiler, mounts
+from vigil.agent.pipeline.dispatch import Dispatcher
+from vigil.agent.pipeline.ringbuf import RingBufferReader
+from vigil.agent.pipeline.timefmt import MonotonicClock
+from vigil.agent.probes.base import Probe, ProbeContext, ProbeError
+from vigil.agent.probes.process import ProcessProbe
+from vigil.agent.sinks.base import Sink
+from vigil.api.config import AgentConfig
+
+log = logging.getLogger("vigil.agent")
+
+ProbeFactory = Callable[[ProbeContext, AgentConfig], Probe]
+
+PROBES: dict[str, ProbeFactory] = {
+    "process": lambda context, config: ProcessProbe(context, config.probes.process),
+}
+
+HOUSEKEEPING_SECONDS = 1.0
+
+
+class AgentError(RuntimeError):
+    """The agent cannot run at all (no probe could be attached)."""
+
+
+@dataclass(slots=True)
+class _Module:
+    compiled: compiler.CompiledModule
+    probes: list[Probe]
+    reader: RingBufferReader | None = None
+
+
+@dataclass(slots=True)
+class StartReport:
+    attached: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        sinks: Sequence[Sink],
+        probes: Sequence[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.sinks = list(sinks)
+        self.probe_names = list(probes) if probes is not None else config.probes.enabled()
+        unknown = sorted(set(self.probe_names) - PROBES.keys())
+        if unknown:
+            raise AgentError(
+                f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(sorted(PROBES))}"
+            )
+        self.clock = MonotonicClock()
+        self.process_table = ProcessTable(config.pipeline.process_table_size)
+        self.dispatcher = Dispatcher(
+            [self.process_table.observe, *(sink.emit for sink in self.sinks)],
+            max_batches=config.pipeline.queue_batches,
+        )
+        self.probes: dict[str, Probe] = {}
+        self._modules: list[_Module] = []
+        self._stopped = threading.Event()
+        self.report = StartReport()
+
+    # -- start ---------------------------------------------------------------
+
+    def _compile(self, probes: list[Probe]) -> compiler.CompiledModule:
+        members = {member for probe in probes for member in probe.members}
+        defines: dict[str, int | str] = {}
+        for probe in probes:
+            defines.update(probe.defines())
+        missing = [m for m in sorted(members) if m not in compiler.resolve_fields([m]).resolved]
+        if missing:
+            raise ProbeError(
+                f"kernel struct members not found in BTF: {', '.join(missing)} "
+                "(run `vigil-agent doctor`)"
+            )
+        sources = [compiler.bpf_source(probe.source) for probe in probes]
+        return compiler.compile_sources(sources, members=members, defines=defines)
+
+    def _compile_isolating_failures(self, probes: list[Probe]) -> None:
+        try:
+            self._modules.append(_Module(self._compile(probes), probes))
+            return
+        except (compiler.CompileError, ProbeError) as exc:
+            if len(probes) == 1:
+                self.report.failed[probes[0].name] = str(exc)
+                return
+            log.warning("compiling probes together failed; compiling one by one: %s", exc)
+        for probe in probes:
+            self._compile_isolating_failures([probe])
+
+    def start(self) -> StartReport:
+        started = time.perf_counter()
+        if mounts.ensure_tracefs() is None:
+            raise AgentError("tracefs is not mounted at /sys/kernel/tracing and cannot be (root?)")
+        self.process_table.seed_from_proc()
+        context = ProbeContext(clock=self.clock)
+        wanted = [PROBES[name](context, self.config) for name in self.probe_names]
+        self._compile_isolating_failures(wanted)
+
+        for module in self._modules:
+            attached = []
+            for probe in module.probes:
+                try:
+                    probe.attach(module.compiled.bpf)
+                except ProbeError as exc:
+                    self.report.failed[probe.name] = str(exc)
+                    continue
+                attached.append(probe)
+                self.probes[probe.name] = probe
+                self.report.attached.append(probe.name)
+            module.probes = attached
+            if attached:
+                module.reader = RingBufferReader(
+                    module.compiled.bpf,
+                    attached,
+                    self.dispatcher.submit,
+                    drain_interval_ms=self.config.pipeline.drain_interval_ms,
+                )
+
+        for name, reason in self.report.failed.items():
+            log.error("probe %s not running: %s", name, reason)
+        if not self.probes:
+            self._close_modules()
+            raise AgentError(
+                "no probe could be attached: " + "; ".join(self.report.failed.values())
+            )
+
+        self.dispatcher.start()
+        for module in self._modules:
+            if module.reader is not None:
+                module.reader.start()
+        self.report.seconds = time.perf_counter() - started
+        log.info(
+            "ready: probes %s attached in %.2fs",
+            ", ".join(self.report.attached),
+            self.report.seconds,
+        )
+        return self.report
+
+    # -- run -----------------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        """Periodic work on the main thread: clock offset, kernel drop counters."""
+        self.clock.refresh()
+        for probe in self.probes.values():
+            before = probe.counters.dropped_kernel
+            probe.read_kernel_drops()
+            if probe.counters.dropped_kernel > before:
+                log.warning(
+                    "probe %s: %d records dropped in the kernel (ring buffer full)",
+                    probe.name,
+                    probe.counters.dropped_kernel - before,
+                )
+
+    def wait(self, duration: float | None = None) -> None:
+        """Block until `duration` passes or stop() is requested, doing housekeeping."""
+        deadline = None if duration is None else time.monotonic() + duration
+        while not self._stopped.is_set():
+            timeout = HOUSEKEEPING_SECONDS
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    return
+            if self._stopped.wait(timeout):
+                return
+            self.housekeeping()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    def zombie_counts(self) -> dict[int, int]:
+        probe = self.probes.get("process")
+        return probe.zombie_counts() if isinstance(probe, ProcessProbe) else {}
+
+    # -- stop ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Detach, drain the ring buffers, flush the pipeline and sinks, unload."""
+        self._stopped.set()
+        for probe in self.probes.values():
+            probe.detach()
+        for probe in self.probes.values():
+            probe.read_kernel_drops()
+        for module in self._modules:
+            if module.reader is not None:
+                module.reader.stop()
+        self.dispatcher.stop()
+        self._close_modules()
+        for sink in self.sinks:
+            sink.close()
+
+    def _close_modules(self) -> None:
+        for module in self._modules:
+            try:
+                module.compiled.close()
+            except Exception as exc:
+                log.warning("unloading BPF module failed: %s", exc)
+        self._modules.clear()
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        return {name: probe.counters.as_dict() for name, probe in self.probes.items()}

@@ -1,0 +1,95 @@
+"""A readable live table on the terminal, in the spirit of execsnoop/exitsnoop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from vigil.agent.pipeline.events import Event
+
+_COLUMNS = (
+    ("TIME", 12, "dim"),
+    ("CGROUP/POD", 20, "cyan"),
+    ("PID", 7, None),
+    ("PPID", 7, None),
+    ("EVENT", 5, "bold"),
+    ("DETAIL", None, None),
+)
+# kind -> (label, style); the label is the kind's last word.
+_EVENT_STYLE = {"process.exec": "green", "process.fork": "blue", "process.exit": "yellow"}
+_PIPE_WIDTH = 200  # not a terminal: long lines rather than wrapped columns
+
+
+def _where(attrs: Mapping[str, object]) -> str:
+    namespace, pod = attrs.get("k8s.namespace.name"), attrs.get("k8s.pod.name")
+    if namespace and pod:
+        return f"{namespace}/{pod}"
+    for key in ("vigil.systemd.unit", "container.id"):
+        value = attrs.get(key)
+        if isinstance(value, str):
+            return value[:12] if key == "container.id" else value
+    return f"cgroup:{attrs.get('vigil.cgroup.id', '?')}"
+
+
+def _detail(event: Event) -> Text:
+    attrs = event.attributes
+    if event.kind == "process.exit":
+        code = attrs.get("process.exit.code")
+        signal = attrs.get("vigil.process.exit.signal")
+        text = Text(f"{attrs.get('process.executable.name', '?')} exit={code}")
+        if signal:
+            text.append(f" signal={signal}", style="red")
+        elif code:
+            text.stylize("red")
+        return text
+    args = attrs.get("process.command_args")
+    path = attrs.get("process.executable.path") or attrs.get("process.executable.name", "?")
+    if isinstance(args, list) and args:
+        return Text(f"{path} {' '.join(args[1:])}".rstrip())
+    return Text(str(path))
+
+
+class ConsoleSink:
+    def __init__(self, console: Console | None = None) -> None:
+        if console is None:
+            console = Console(highlight=False)
+            if not console.is_terminal:
+                console = Console(highlight=False, width=_PIPE_WIDTH)
+        self._console = console
+        self._header_done = False
+
+    def _table(self) -> Table:
+        table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 1))
+        for _title, width, style in _COLUMNS:
+            table.add_column(width=width, no_wrap=width is not None, style=style)
+        return table
+
+    def emit(self, events: Sequence[Event]) -> None:
+        if not self._header_done:
+            header = self._table()
+            header.add_row(*(Text(title, style="bold underline") for title, *_ in _COLUMNS))
+            self._console.print(header)
+            self._header_done = True
+        if not events:
+            return
+        table = self._table()
+        for event in events:
+            attrs = event.attributes
+            seconds, nanos = divmod(event.time_ns, 1_000_000_000)
+            stamp = time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{nanos // 1000000:03d}"
+            table.add_row(
+                stamp,
+                _where(attrs),
+                str(attrs.get("process.pid", "")),
+                str(attrs.get("process.parent_pid", "")),
+                Text(event.kind.rpartition(".")[2], style=_EVENT_STYLE.get(event.kind, "")),
+                _detail(event),
+            )
+        self._console.print(table)
+
+    def close(self) -> None:
+        self._console.file.flush()

@@ -1,0 +1,69 @@
+/* vigil.h: what every vigil probe shares.
+ *
+ * Compiled by bcc together with the probes' *.bpf.c files. Two rules hold
+ * everywhere:
+ *   - Kernel-internal structs are never dereferenced through header layouts
+ *     (the headers bcc compiles against need not match the running kernel).
+ *     VIGIL_READ() reads a member at the offset the agent computed from the
+ *     kernel's BTF and passed as -DVIGIL_OFF_<struct>__<member>=N, together
+ *     with -DVIGIL_SIZE_<struct>__<member>=N; the size is checked against the
+ *     destination at compile time.
+ *   - Every ring buffer record is submitted through VIGIL_SUBMIT(), which
+ *     counts failed reservations in a per-CPU counter (nothing is lost
+ *     silently) and wakes the reader only when the buffer passes a fill
+ *     threshold (a wakeup costs ~20 us in the traced task; the reader drains
+ *     on a short timer otherwise).
+ */
+#ifndef VIGIL_H
+#define VIGIL_H
+
+#include <uapi/linux/ptrace.h>
+
+#ifndef BPF_RB_NO_WAKEUP
+#define BPF_RB_NO_WAKEUP (1ULL << 0)
+#define BPF_RB_FORCE_WAKEUP (1ULL << 1)
+#endif
+#ifndef BPF_RB_AVAIL_DATA
+#define BPF_RB_AVAIL_DATA 0
+#endif
+
+#define VIGIL_COMM_LEN 16
+
+/* Read a kernel struct member at its BTF offset: VIGIL_READ(dst, ptr, task_struct__tgid). */
+#define VIGIL_READ(dst, base, field)                                              \
+    ({                                                                            \
+        _Static_assert(sizeof(dst) == VIGIL_SIZE_##field,                         \
+                       "destination size differs from the kernel's " #field);     \
+        bpf_probe_read_kernel(&(dst), sizeof(dst),                                \
+                              (const void *)((const char *)(base) + VIGIL_OFF_##field)); \
+    })
+
+/* Batched wakeups.
+ *
+ * Probes emit with bcc's method syntax, passing the wake threshold in bytes
+ * where the flags would go:
+ *     if (my_events.ringbuf_output(&rec, size, cfg->wake_bytes) < 0)
+ *         my_drops.increment(VIGIL_DROP_RINGBUF);
+ * bcc rewrites that call into bpf_ringbuf_output(<map fd>, ...) and compiles
+ * the result once more; the macro below routes the rewritten call through
+ * vigil_ringbuf_output(), which asks the map how much data is waiting and
+ * wakes the reader only past the threshold. (bcc offers no map method for
+ * bpf_ringbuf_query, and map references inside macros are not rewritten.) */
+static __always_inline long vigil_ringbuf_output(void *ringbuf, void *data, u64 size,
+                                                 u64 wake_bytes)
+{
+    long (*output)(void *, void *, u64, u64) = (void *)BPF_FUNC_ringbuf_output;
+    u64 waiting = bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA);
+    return output(ringbuf, data, size,
+                  waiting + size >= wake_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+#define bpf_ringbuf_output(map, data, size, wake_bytes) \
+    vigil_ringbuf_output((map), (data), (size), (wake_bytes))
+
+/* Slots of every probe's per-CPU drop counter array. */
+#define VIGIL_DROP_RINGBUF 0 /* ring buffer full: record lost */
+#define VIGIL_DROP_MAP_FULL 1 /* a bounded map refused an insert */
+#define VIGIL_DROP_SLOTS 2
+#define VIGIL_DROP_COUNTERS(name) BPF_PERCPU_ARRAY(name, u64, VIGIL_DROP_SLOTS)
+
+#endif /* VIGIL_H */

@@ -1,0 +1,1 @@
+"""Pydantic models shared by the agent and the operator: the wire formats."""
