@@ -93,6 +93,12 @@ def _run(args: argparse.Namespace) -> int:
         for name, counters in agent.counters().items():
             summary = " ".join(f"{key}={value}" for key, value in counters.items())
             log.info("probe %s: %s", name, summary)
+        p50, p99 = (
+            agent.dispatcher.latency.percentile(0.5),
+            agent.dispatcher.latency.percentile(0.99),
+        )
+        if p50 is not None and p99 is not None:
+            log.info("event latency (kernel -> handled): p50=%.1fms p99=%.1fms", p50, p99)
     return 0
 
 

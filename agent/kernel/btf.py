@@ -3,9 +3,10 @@
 vigil's BPF programs read kernel-internal structs (``task_struct``, ``mm_struct``,
 ``sock``, ``tcp_sock``) with ``bpf_probe_read_kernel`` at offsets passed in as
 ``-D`` macros. The kernel headers available at compile time do not describe the
-running kernel (``task_struct.pid`` is 1264 bytes in here, 2416 in the headers),
-so those offsets come from ``/sys/kernel/btf/vmlinux`` and must be exact: a wrong
-offset reads garbage without any error.
+running kernel (on the project's 6.18 machines ``task_struct.pid`` is at byte
+1264; Debian's 6.1 headers say 2416), so those offsets come from
+``/sys/kernel/btf/vmlinux`` and must be exact: a wrong offset reads garbage
+without any error.
 
 The reader indexes the type section in one pass (the byte offset of every type
 record, nothing more), names struct/union types on first use, and walks only the
@@ -337,7 +338,11 @@ class BTF:
         return self._record(type_id)[3]
 
     def has_struct(self, name: str) -> bool:
-        """Whether a struct or union called ``name`` exists (feature checks, no exception)."""
+        """Whether a struct or union called ``name`` exists.
+
+        For feature checks: a missing name is ``False``, not an exception (broken
+        BTF still raises :class:`BTFError`).
+        """
         structs, unions = self._name_indexes()
         key = _encode(name)
         return key in structs or key in unions
@@ -390,10 +395,10 @@ class BTF:
             unions: dict[bytes, int] = {}
             for type_id in self._composite_ids:
                 kind, _, _, _, name_off = self._record(type_id)
-                if name_off == 0:
-                    continue
-                index = structs if kind == _STRUCT else unions
-                index.setdefault(self._raw_string(name_off), type_id)
+                name = self._raw_string(name_off) if name_off else b""
+                if name:
+                    index = structs if kind == _STRUCT else unions
+                    index.setdefault(name, type_id)
             self._structs, self._unions = structs, unions
         return self._structs, self._unions
 
@@ -497,7 +502,7 @@ class BTF:
     def _missing_member_message(self, type_id: int, name: str, walked: str) -> str:
         kind, _, _, _, name_off = self._record(type_id)
         label = f"{'union' if kind == _UNION else 'struct'} {self._string(name_off) or '(anon)'}"
-        where = "" if walked.count(".") == 0 else f" (at {walked})"
+        where = f" (at {walked})" if "." in walked else ""
         known = list(self._member_names(type_id, set(), 0))
         return f"no member {name!r} in {label}{where} in {self._source}{_suggest(name, known)}"
 

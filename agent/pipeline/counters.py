@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 
@@ -15,3 +17,21 @@ class ProbeCounters:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+class LatencyTracker:
+    """Kernel timestamp -> handled, over the most recent events (bounded memory)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._samples: deque[int] = deque(maxlen=capacity)
+
+    def observe(self, latencies_ns: Iterable[int]) -> None:
+        self._samples.extend(latencies_ns)
+
+    def percentile(self, fraction: float) -> float | None:
+        """Latency in milliseconds at `fraction` (0.5 = median), or None without samples."""
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        index = min(len(ordered) - 1, int(fraction * len(ordered)))
+        return ordered[index] / 1e6

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 
+from vigil.agent.pipeline.counters import LatencyTracker
 from vigil.agent.pipeline.events import Event
 from vigil.agent.probes.base import Probe
 
@@ -29,6 +31,7 @@ class Dispatcher:
         )
         self._thread: threading.Thread | None = None
         self.events_out = 0
+        self.latency = LatencyTracker()
 
     def submit(self, probe: Probe, records: list[bytes]) -> None:
         """Called on the ring buffer thread; never blocks."""
@@ -45,6 +48,8 @@ class Dispatcher:
             except Exception:
                 log.exception("pipeline stage %r failed on a batch of %d", stage, len(events))
         self.events_out += len(events)
+        handled = time.time_ns()
+        self.latency.observe(handled - event.time_ns for event in events)
 
     def _run(self) -> None:
         while True:

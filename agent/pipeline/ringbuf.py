@@ -49,7 +49,7 @@ class RingBufferReader:
             append(string_at(data, size))
             return 0
 
-        self._bpf[map_name].open_ring_buffer(on_record)
+        self._bpf[map_name.encode()].open_ring_buffer(on_record)
         self._callbacks.append(on_record)
         self._pending.append((probe, records))
 

@@ -149,6 +149,6 @@ class Probe(abc.ABC):
         """Refresh the kernel-side drop counters from the probe's per-CPU drop map."""
         if self.bpf is None or self.drops_map is None:
             return
-        table = self.bpf[self.drops_map]
+        table = self.bpf[self.drops_map.encode()]
         totals = [sum(int(v) for v in table.getvalue(ctypes.c_int(slot))) for slot in range(2)]
         self.counters.dropped_kernel, self.counters.map_full = totals

@@ -94,7 +94,7 @@ class ProcessProbe(Probe):
 
     def configure(self, bpf: Any) -> None:
         """Live settings: wake threshold and argv capture size (no recompile)."""
-        table = bpf["process_config"]
+        table = bpf[b"process_config"]
         leaf = table.Leaf()
         leaf.wake_bytes = self.config.ring_buffer.wake_bytes
         leaf.args_max_bytes = self.config.args.max_bytes if self.config.args.enabled else 0
@@ -110,7 +110,7 @@ class ProcessProbe(Probe):
         """cgroup id -> processes in it that exited and are not yet reaped."""
         if self.bpf is None:
             return {}
-        table = self.bpf["process_zombie_counts"]
+        table = self.bpf[b"process_zombie_counts"]
         return {key.value: value.value for key, value in table.items() if value.value > 0}
 
     # -- decoding ------------------------------------------------------------

@@ -114,7 +114,9 @@ class BTFBuilder:
     def array(self, elem: int, nelems: int, *, index_type: int = 0) -> int:
         return self.raw(kind=ARRAY, extra=[elem, index_type, nelems])
 
-    def struct(self, name: str, size: int, members: Sequence[Member], *, union: bool = False) -> int:
+    def struct(
+        self, name: str, size: int, members: Sequence[Member], *, union: bool = False
+    ) -> int:
         """A struct (or union); kind_flag is set iff any member is a bitfield."""
         kind_flag = any(len(m) == 4 for m in members)
         words: list[int] = []
@@ -161,9 +163,7 @@ class BTFBuilder:
         return self._named(FLOAT, name, size_or_type=size)
 
     def decl_tag(self, name: str, target: int, *, component_idx: int = -1) -> int:
-        return self._named(
-            DECL_TAG, name, size_or_type=target, extra=[component_idx & 0xFFFFFFFF]
-        )
+        return self._named(DECL_TAG, name, size_or_type=target, extra=[component_idx & 0xFFFFFFFF])
 
     # -- output -----------------------------------------------------------------------
 
@@ -230,9 +230,7 @@ class Sections:
 def split_blob(blob: bytes) -> Sections:
     """Undo :func:`encode_blob` for a well-formed blob (e.g. the real vmlinux)."""
     byte_order = "<" if blob[:2] == b"\x9f\xeb" else ">"
-    hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
-        f"{byte_order}5I", blob, 4
-    )
+    hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(f"{byte_order}5I", blob, 4)
     types = blob[hdr_len + type_off : hdr_len + type_off + type_len]
     strings = blob[hdr_len + str_off : hdr_len + str_off + str_len]
     return Sections(byte_order, types, strings)

@@ -120,4 +120,6 @@ def method_not_allowed(method: str, what: str) -> ApiError:
 
 
 def service_unavailable() -> ApiError:
-    return ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request")
+    return ApiError(
+        503, "ServiceUnavailable", "the server is currently unable to handle the request"
+    )

@@ -59,9 +59,7 @@ class ResourceType:
             self, "selectable_fields", MappingProxyType(dict(self.selectable_fields))
         )
         if self.initial_status is not None:
-            object.__setattr__(
-                self, "initial_status", MappingProxyType(dict(self.initial_status))
-            )
+            object.__setattr__(self, "initial_status", MappingProxyType(dict(self.initial_status)))
 
     def __hash__(self) -> int:
         return hash((self.group, self.version, self.plural))

@@ -19,6 +19,7 @@ namespace's status, ``/api/v1/namespaces/x/pods`` a collection.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -115,7 +116,7 @@ class FakeKubeAPI:
         # Shared with test threads: guarded by _lock (the condition wraps it).
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._requests: list[tuple[str, str]] = []
+        self._requests: builtins.list[tuple[str, str]] = []
         self._watches: set[_OpenWatch] = set()
         self._unavailable = False
 
@@ -133,9 +134,7 @@ class FakeKubeAPI:
         if self._loop is not None:
             raise RuntimeError("FakeKubeAPI already started")
         loop = asyncio.new_event_loop()
-        thread = threading.Thread(
-            target=loop.run_forever, name="fake-kube-api", daemon=True
-        )
+        thread = threading.Thread(target=loop.run_forever, name="fake-kube-api", daemon=True)
         thread.start()
         self._loop, self._thread = loop, thread
         try:
@@ -213,7 +212,8 @@ class FakeKubeAPI:
         given and stale."""
         rtype = self._type_of(obj)
         meta = obj.get("metadata", {})
-        return self.store.replace(rtype, meta.get("namespace"), meta["name"], obj, trusted=True)
+        namespace = meta.get("namespace") or ("default" if rtype.namespaced else None)
+        return self.store.replace(rtype, namespace, meta["name"], obj, trusted=True)
 
     replace = update
 
@@ -267,7 +267,7 @@ class FakeKubeAPI:
         *,
         label_selector: str | None = None,
         field_selector: str | None = None,
-    ) -> list[JSON]:
+    ) -> builtins.list[JSON]:
         rtype = self.registry.by_kind(api_version, kind)
         flt = ObjectFilter(
             namespace,
@@ -287,7 +287,7 @@ class FakeKubeAPI:
     # -- observation -------------------------------------------------------------------
 
     @property
-    def requests(self) -> list[tuple[str, str]]:
+    def requests(self) -> builtins.list[tuple[str, str]]:
         """(method, path with raw query string) of every request seen, in order."""
         with self._lock:
             return list(self._requests)
@@ -296,14 +296,14 @@ class FakeKubeAPI:
         with self._lock:
             self._requests.clear()
 
-    def open_watches(self) -> list[str]:
+    def open_watches(self) -> builtins.list[str]:
         """Path + query of each watch stream currently open."""
         with self._lock:
             return sorted(w.path_qs for w in self._watches)
 
     def wait_for_watches(
         self, count: int = 1, *, path_prefix: str = "", timeout: float = 5.0
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Block until at least ``count`` watches on paths starting with ``path_prefix``
         are open (so changes made next are certainly streamed live)."""
 
@@ -313,14 +313,15 @@ class FakeKubeAPI:
         with self._changed:
             if not self._changed.wait_for(lambda: len(matching()) >= count, timeout):
                 raise TimeoutError(
-                    f"{len(matching())} of {count} watches on {path_prefix!r} open "
-                    f"after {timeout}s"
+                    f"{len(matching())} of {count} watches on {path_prefix!r} open after {timeout}s"
                 )
             return sorted(matching())
 
     # -- fault injection ---------------------------------------------------------------
 
-    def set_unavailable(self, unavailable: bool = True, *, refuse_connections: bool = False) -> None:
+    def set_unavailable(
+        self, unavailable: bool = True, *, refuse_connections: bool = False
+    ) -> None:
         """Simulate an API server outage; open watch streams are closed either way.
 
         By default every request is answered 503 ServiceUnavailable. With
@@ -345,6 +346,9 @@ class FakeKubeAPI:
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
         assert self._loop is not None, "FakeKubeAPI not started"
+        if threading.current_thread() is self._thread:
+            # Waiting on our own loop from inside it would deadlock.
+            raise RuntimeError("FakeKubeAPI control methods must not run on its server thread")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def _shutdown_loop(self) -> None:
@@ -423,9 +427,7 @@ class FakeKubeAPI:
             self._transports.add(request.transport)
         if unavailable:
             return _status_response(errors.service_unavailable())
-        if self.require_auth and not request.headers.get("Authorization", "").startswith(
-            "Bearer "
-        ):
+        if self.require_auth and not request.headers.get("Authorization", "").startswith("Bearer "):
             return _status_response(ApiError(401, "Unauthorized", "Unauthorized"))
         try:
             return await handler(request)
@@ -456,7 +458,9 @@ class FakeKubeAPI:
             if versions is None:
                 raise errors.resource_not_found()
             if len(segments) == 2:
-                return web.json_response({"kind": "APIGroup", **self._group(group, versions)})
+                return web.json_response(
+                    {"kind": "APIGroup", "apiVersion": "v1", **self._group(group, versions)}
+                )
             version = segments[2]
             if version not in versions:
                 raise errors.resource_not_found()
@@ -467,7 +471,7 @@ class FakeKubeAPI:
             return web.json_response(self._resource_list(group, version))
         return await self._handle(request, self._resolve(group, version, rest))
 
-    def _resolve(self, group: str, version: str, rest: list[str]) -> _Target:
+    def _resolve(self, group: str, version: str, rest: builtins.list[str]) -> _Target:
         namespace: str | None = None
         rtype: ResourceType | None = None
         if rest[0] == "namespaces" and len(rest) >= 3:
@@ -574,7 +578,7 @@ class FakeKubeAPI:
         return web.json_response(body)
 
     @staticmethod
-    def _list_body(rtype: ResourceType, items: list[JSON], rv: int) -> JSON:
+    def _list_body(rtype: ResourceType, items: builtins.list[JSON], rv: int) -> JSON:
         return {
             "kind": rtype.list_kind,
             "apiVersion": rtype.api_version,
@@ -616,7 +620,9 @@ class FakeKubeAPI:
         if timeout and timeout > 0:
             timers.append(loop.call_later(timeout, watch.queue.put_nowait, _TIMEOUT))
         if bookmarks:
-            timers.append(loop.call_later(self.bookmark_interval, watch.queue.put_nowait, _BOOKMARK))
+            timers.append(
+                loop.call_later(self.bookmark_interval, watch.queue.put_nowait, _BOOKMARK)
+            )
         with self._changed:
             self._watches.add(watch)
             self._changed.notify_all()
@@ -668,9 +674,9 @@ class FakeKubeAPI:
         }
 
     @staticmethod
-    def _group(group: str, versions: list[str]) -> JSON:
+    def _group(group: str, versions: builtins.list[str]) -> JSON:
         entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-        return {"apiVersion": "v1", "name": group, "versions": entries, "preferredVersion": entries[0]}
+        return {"name": group, "versions": entries, "preferredVersion": entries[0]}
 
     def _group_list(self) -> JSON:
         groups = [self._group(g, vs) for g, vs in self.registry.group_versions().items()]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import copy
 import json
 import random
@@ -141,7 +142,7 @@ class Store:
         self._rv = 1
         self._compacted_rv = 0
         self._objects: dict[ResourceType, dict[ObjKey, JSON]] = {r: {} for r in registry}
-        self._history: list[Change] = []
+        self._history: builtins.list[Change] = []
         self._subscribers: dict[int, Subscriber] = {}
         self._next_subscriber = 0
 
@@ -208,8 +209,8 @@ class Store:
         else:
             meta.pop("namespace", None)
         kept = {k: meta[k] for k in ("uid", "creationTimestamp") if trusted and k in meta}
-        for key in _SYSTEM_METADATA:
-            meta.pop(key, None)
+        for system_key in _SYSTEM_METADATA:
+            meta.pop(system_key, None)
         if not trusted and rtype.has_status:
             obj.pop("status", None)
         if "status" not in obj and rtype.initial_status is not None:
@@ -318,7 +319,7 @@ class Store:
                 return copy.deepcopy(self._commit_update(rtype, old, new))
             return copy.deepcopy(self._remove(rtype, old))
 
-    def delete_collection(self, rtype: ResourceType, flt: ObjectFilter) -> list[JSON]:
+    def delete_collection(self, rtype: ResourceType, flt: ObjectFilter) -> builtins.list[JSON]:
         with self._lock:
             targets = [o for _, o in sorted(self._objects[rtype].items()) if flt.matches(o)]
             return [
@@ -337,7 +338,7 @@ class Store:
 
     def open_watch(
         self, rtype: ResourceType, since: int | None, subscriber: Subscriber
-    ) -> tuple[list[Change], int, Callable[[], None]]:
+    ) -> tuple[builtins.list[Change], int, Callable[[], None]]:
         """Subscribe atomically; return (initial changes, the RV they bring the watcher
         up to, unsubscribe).
 
@@ -403,15 +404,15 @@ class Store:
     def _check_body(self, rtype: ResourceType, body: Any) -> JSON:
         if not isinstance(body, dict):
             raise errors.bad_request("the request body must be a JSON object")
-        obj = copy.deepcopy(body)
         for field_name, expected in (("apiVersion", rtype.api_version), ("kind", rtype.kind)):
-            given = obj.get(field_name)
+            given = body.get(field_name)
             if given and given != expected:
                 raise errors.bad_request(
                     f"the {field_name} in the data ({given}) does not match the expected "
                     f"{field_name} ({expected})"
                 )
-            obj[field_name] = expected
+        obj: JSON = {"apiVersion": rtype.api_version, "kind": rtype.kind}
+        obj.update((k, copy.deepcopy(v)) for k, v in body.items() if k not in obj)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise errors.bad_request("metadata must be a JSON object")
@@ -455,9 +456,7 @@ class Store:
                 f"the name of the object ({in_meta.get('name')}) does not match the name on "
                 f"the URL ({name})"
             )
-        if rtype.namespaced and in_meta.get("namespace", old_meta["namespace"]) != old_meta.get(
-            "namespace"
-        ):
+        if rtype.namespaced and in_meta.get("namespace") not in (None, "", old_meta["namespace"]):
             raise errors.bad_request(
                 "the namespace of the provided object does not match the namespace sent on "
                 "the request"
@@ -497,10 +496,10 @@ class Store:
             meta["namespace"] = old_meta["namespace"]
         else:
             meta.pop("namespace", None)
-        for key in _SYSTEM_METADATA:
-            meta.pop(key, None)
-            if key in old_meta:
-                meta[key] = old_meta[key]
+        for system_key in _SYSTEM_METADATA:
+            meta.pop(system_key, None)
+            if system_key in old_meta:
+                meta[system_key] = old_meta[system_key]
         if old_meta.get("deletionTimestamp"):
             added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
             if added:

@@ -1,0 +1,7 @@
+"""A stateful Kubernetes API test server speaking the real HTTP API (see ``server``)."""
+
+from .errors import ApiError
+from .resources import CustomResource, ResourceType
+from .server import FakeKubeAPI
+
+__all__ = ["ApiError", "CustomResource", "FakeKubeAPI", "ResourceType"]

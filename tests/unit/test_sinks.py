@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from vigil.agent.pipeline.events import Event
+from vigil.agent.sinks.console import ConsoleSink
+from vigil.agent.sinks.jsonl import JsonLinesSink
+from vigil.api.events import EventRecord
+
+EXEC = Event(
+    "process.exec",
+    1_700_000_000_000_000_001,
+    {
+        "process.pid": 7,
+        "process.parent_pid": 1,
+        "vigil.cgroup.id": 99,
+        "process.executable.path": "/bin/echo",
+        "process.command_args": ["/bin/echo", "hi"],
+    },
+)
+EXIT = Event(
+    "process.exit",
+    1_700_000_000_500_000_000,
+    {
+        "process.pid": 7,
+        "process.parent_pid": 1,
+        "vigil.cgroup.id": 99,
+        "process.executable.name": "echo",
+        "process.exit.code": 137,
+        "vigil.process.exit.signal": 9,
+    },
+)
+
+
+def test_json_lines_are_event_records() -> None:
+    stream = io.StringIO()
+    sink = JsonLinesSink(stream)
+    sink.emit([EXEC, EXIT])
+    lines = stream.getvalue().splitlines()
+    records = [EventRecord.model_validate_json(line) for line in lines]
+    assert records[0].kind == "process.exec"
+    assert records[0].time == "2023-11-14T22:13:20.000000001Z"
+    assert records[0].attributes["process.command_args"] == ["/bin/echo", "hi"]
+    assert records[1].attributes["process.exit.code"] == 137
+
+
+def test_console_rows() -> None:
+    out = io.StringIO()
+    sink = ConsoleSink(Console(file=out, width=120, color_system=None))
+    sink.emit([EXEC, EXIT])
+    text = out.getvalue()
+    assert "TIME" in text
+    assert "CGROUP/POD" in text
+    assert "cgroup:99" in text
+    assert "/bin/echo hi" in text
+    assert "echo exit=137 signal=9" in text
