@@ -92,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         agent.stop()
         for name, counters in agent.counters().items():
             summary = " ".join(f"{key}={value}" for key, value in counters.items())
-            log.info("probe %s: %s", name, summary)
+            log.info("%s: %s", name, summary)
         p50, p99 = (
             agent.dispatcher.latency.percentile(0.5),
             agent.dispatcher.latency.percentile(0.99),

@@ -9,17 +9,22 @@ ring buffers still hold, so no event seen before the stop is lost.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from vigil.agent.enrich.attribution import Enricher
+from vigil.agent.enrich.cgroups import CgroupTable
+from vigil.agent.enrich.pods import PodCache, PodWatcher, api_client_from_environment
 from vigil.agent.enrich.processes import ProcessTable
 from vigil.agent.kernel import compiler, mounts
-from vigil.agent.pipeline.dispatch import Dispatcher
+from vigil.agent.pipeline.dispatch import Dispatcher, Stage
 from vigil.agent.pipeline.ringbuf import RingBufferReader
 from vigil.agent.pipeline.timefmt import MonotonicClock
 from vigil.agent.probes.base import Probe, ProbeContext, ProbeError
+from vigil.agent.probes.cgroups import CgroupProbe
 from vigil.agent.probes.process import ProcessProbe
 from vigil.agent.sinks.base import Sink
 from vigil.api.config import AgentConfig
@@ -71,14 +76,52 @@ class Agent:
             )
         self.clock = MonotonicClock()
         self.process_table = ProcessTable(config.pipeline.process_table_size)
-        self.dispatcher = Dispatcher(
-            [self.process_table.observe, *(sink.emit for sink in self.sinks)],
-            max_batches=config.pipeline.queue_batches,
-        )
+        self.cgroups: CgroupTable | None = None
+        self.pods: PodCache | None = None
+        self.pod_watcher: PodWatcher | None = None
+        self.enricher = self._build_enricher()
+        stages: list[Stage] = [self.process_table]
+        if self.enricher is not None:
+            stages.append(self.enricher)
+        self.dispatcher = Dispatcher(stages, self.sinks, max_batches=config.pipeline.queue_batches)
         self.probes: dict[str, Probe] = {}
         self._modules: list[_Module] = []
         self._stopped = threading.Event()
         self.report = StartReport()
+
+    def _build_enricher(self) -> Enricher | None:
+        settings = self.config.enrichment
+        if not settings.enabled:
+            return None
+        root = mounts.cgroup2_root()
+        if root is None:
+            log.warning("no cgroup v2 mount: events carry vigil.cgroup.id only")
+            return None
+        self.cgroups = CgroupTable(root, tombstone_seconds=settings.cgroup_tombstone_seconds)
+        k8s = settings.kubernetes
+        node_name = k8s.node_name or os.environ.get("NODE_NAME") or None
+        if k8s.mode != "off":
+            try:
+                client = api_client_from_environment(k8s.kubeconfig)
+            except ValueError as exc:
+                raise AgentError(f"enrichment.kubernetes.kubeconfig: {exc}") from None
+            if client is not None and node_name:
+                self.pods = PodCache()
+                self.pod_watcher = PodWatcher(self.pods, node_name=node_name, api_client=client)
+            elif k8s.mode == "on":
+                missing = "a node name (nodeName or $NODE_NAME)" if client else "API access"
+                raise AgentError(
+                    f"enrichment.kubernetes.mode is on but there is no {missing}: "
+                    "run in a cluster, or set enrichment.kubernetes.kubeconfig"
+                )
+        return Enricher(
+            self.cgroups,
+            pods=self.pods,
+            node_name=node_name,
+            pod_labels=k8s.pod_labels,
+            hold_seconds=k8s.hold_ms / 1000 if self.pods is not None else 0.0,
+            hold_max=k8s.hold_max_events,
+        )
 
     # -- start ---------------------------------------------------------------
 
@@ -115,6 +158,8 @@ class Agent:
         self.process_table.seed_from_proc()
         context = ProbeContext(clock=self.clock)
         wanted = [PROBES[name](context, self.config) for name in self.probe_names]
+        if self.enricher is not None:
+            wanted.append(CgroupProbe(context))
         self._compile_isolating_failures(wanted)
 
         for module in self._modules:
@@ -145,6 +190,11 @@ class Agent:
                 "no probe could be attached: " + "; ".join(self.report.failed.values())
             )
 
+        if self.cgroups is not None:
+            # After attaching: a cgroup made meanwhile is then seen twice, never missed.
+            self.cgroups.scan()
+        if self.pod_watcher is not None:
+            self.pod_watcher.start()
         self.dispatcher.start()
         for module in self._modules:
             if module.reader is not None:
@@ -160,8 +210,12 @@ class Agent:
     # -- run -----------------------------------------------------------------
 
     def housekeeping(self) -> None:
-        """Periodic work on the main thread: clock offset, kernel drop counters."""
+        """Periodic work on the main thread: clock offset, kernel drop counters, expiry."""
         self.clock.refresh()
+        if self.cgroups is not None:
+            self.cgroups.expire()
+        if self.pods is not None:
+            self.pods.expire()
         for probe in self.probes.values():
             before = probe.counters.dropped_kernel
             probe.read_kernel_drops()
@@ -197,6 +251,8 @@ class Agent:
     def stop(self) -> None:
         """Detach, drain the ring buffers, flush the pipeline and sinks, unload."""
         self._stopped.set()
+        if self.pod_watcher is not None:
+            self.pod_watcher.stop()
         for probe in self.probes.values():
             probe.detach()
         for probe in self.probes.values():
@@ -218,4 +274,10 @@ class Agent:
         self._modules.clear()
 
     def counters(self) -> dict[str, dict[str, int]]:
-        return {name: probe.counters.as_dict() for name, probe in self.probes.items()}
+        """Self-counters: per probe, plus enrichment and the pod watch when they run."""
+        counters = {name: probe.counters.as_dict() for name, probe in self.probes.items()}
+        if self.enricher is not None:
+            counters["enrichment"] = self.enricher.counters.as_dict()
+        if self.pod_watcher is not None:
+            counters["kubernetes"] = dict(self.pod_watcher.counters)
+        return counters

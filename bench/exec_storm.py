@@ -42,9 +42,9 @@ def main() -> None:
             if run % 2 == 1:
                 without = timed(storm)
             ratios.append(with_agent / without)
-            events = agent.counters.get("received", 0)
+            events = agent.counters.get("process", {}).get("received", 0)
             received += events
-            lost += agent.counters.get("dropped_kernel", 0) + agent.counters.get("dropped_queue", 0)
+            lost += agent.lost()
             if events:
                 cpu_per_1k.append((cpu1 - cpu0) * 1000 / events * 1000)
             bpf_ns.append((bpf1[0] - bpf0[0]) / args.execs)

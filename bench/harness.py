@@ -81,7 +81,7 @@ class AgentRun:
     ready_seconds: float = 0.0
     stderr: str = ""
     peak_rss_mb: float = 0.0
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
     latency_ms: tuple[float, float] | None = None
 
     def __enter__(self) -> AgentRun:
@@ -120,9 +120,16 @@ class AgentRun:
         self.proc.returncode = 0
         self.stderr += rest.decode()
         self.peak_rss_mb = usage.ru_maxrss / 1024
-        for match in re.finditer(r"probe \w+: (.*)", self.stderr):
-            for key, value in re.findall(r"(\w+)=(\d+)", match.group(1)):
-                self.counters[key] = self.counters.get(key, 0) + int(value)
+        # The exit summary: "<name>: key=value key=value ..." per probe/stage.
+        for match in re.finditer(r"vigil\.agent: (\w+): ((?:\w+=\d+ ?)+)$", self.stderr, re.M):
+            pairs = re.findall(r"(\w+)=(\d+)", match.group(2))
+            self.counters[match.group(1)] = {key: int(value) for key, value in pairs}
+
+    def lost(self) -> int:
+        """Records lost anywhere: in the kernel or in the pipeline queue."""
+        return sum(
+            c.get("dropped_kernel", 0) + c.get("dropped_queue", 0) for c in self.counters.values()
+        )
         latency = re.search(r"p50=([\d.]+)ms p99=([\d.]+)ms", self.stderr)
         if latency:
             self.latency_ms = (float(latency.group(1)), float(latency.group(2)))

@@ -64,6 +64,15 @@ class ProcessTable:
                 count += 1
         return count
 
+    # -- the pipeline stage ----------------------------------------------------
+
+    def process(self, events: list[Event]) -> list[Event]:
+        self.observe(events)
+        return events
+
+    def flush(self, *, final: bool = False) -> list[Event]:
+        return []
+
     def observe(self, events: Iterable[Event]) -> None:
         """Update the table from process events and fill attributes they lack."""
         for event in events:

@@ -117,11 +117,16 @@ class CompiledModule:
 
 
 def _translation_unit(sources: Sequence[Path], workdir: Path) -> Path:
-    # bcc compiles one file; several probes become one unit that includes them.
+    """bcc compiles one file; several probes become one file made of theirs.
+
+    Not `#include`: bcc generates tracepoint argument structs only for
+    functions in the main file. `#line` keeps diagnostics pointing at the
+    original files.
+    """
     if len(sources) == 1:
         return sources[0]
     unit = workdir / "vigil_module.bpf.c"
-    unit.write_text("".join(f'#include "{src}"\n' for src in sources))
+    unit.write_text("".join(f'#line 1 "{src}"\n{src.read_text()}\n' for src in sources))
     return unit
 
 

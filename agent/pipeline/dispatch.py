@@ -1,7 +1,9 @@
-"""The pipeline thread: decode batches, enrich them, hand them to the sinks.
+"""The pipeline thread: decode batches, run them through the stages, then the sinks.
 
 The ring buffer thread must never wait on a slow sink, so batches cross a
-bounded queue; when it is full the batch is dropped and counted.
+bounded queue; when it is full the batch is dropped and counted. Stages may
+hold events back (enrichment waits briefly for a pod to be known): the thread
+wakes on a short tick to let them release what is due.
 """
 
 from __future__ import annotations
@@ -10,25 +12,34 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from vigil.agent.pipeline.counters import LatencyTracker
 from vigil.agent.pipeline.events import Event
 from vigil.agent.probes.base import Probe
+from vigil.agent.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 
-Stage = Callable[[list[Event]], None]
+TICK_SECONDS = 0.1
 
-_STOP = None  # queued to end the thread
+
+class Stage(Protocol):
+    def process(self, events: list[Event]) -> list[Event]:
+        """Transform a batch; return the events to pass on now."""
+
+    def flush(self, *, final: bool = False) -> list[Event]:
+        """Events held earlier that may go on now (all of them when final)."""
 
 
 class Dispatcher:
-    def __init__(self, stages: Sequence[Stage], *, max_batches: int = 4096) -> None:
+    def __init__(
+        self, stages: Sequence[Stage], sinks: Sequence[Sink], *, max_batches: int = 4096
+    ) -> None:
         self._stages = list(stages)
-        self._queue: queue.Queue[tuple[Probe, list[bytes]] | None] = queue.Queue(
-            maxsize=max_batches
-        )
+        self._sinks = list(sinks)
+        self._queue: queue.Queue[tuple[Probe, list[bytes]] | None] = queue.Queue(max_batches)
         self._thread: threading.Thread | None = None
         self.events_out = 0
         self.latency = LatencyTracker()
@@ -40,32 +51,54 @@ class Dispatcher:
         except queue.Full:
             probe.counters.dropped_queue += len(records)
 
-    def _handle(self, probe: Probe, records: list[bytes]) -> None:
-        events = probe.decode_batch(records)
-        for stage in self._stages:
+    def _run_stages(self, events: list[Event], first: int = 0) -> None:
+        for stage in self._stages[first:]:
             try:
-                stage(events)
+                events = stage.process(events)
             except Exception:
                 log.exception("pipeline stage %r failed on a batch of %d", stage, len(events))
+        if not events:
+            return
+        for sink in self._sinks:
+            try:
+                sink.emit(events)
+            except Exception:
+                log.exception("sink %r failed on a batch of %d", sink, len(events))
         self.events_out += len(events)
         handled = time.time_ns()
         self.latency.observe(handled - event.time_ns for event in events)
 
+    def _flush(self, *, final: bool = False) -> None:
+        for index, stage in enumerate(self._stages):
+            released = stage.flush(final=final)
+            if released:
+                self._run_stages(released, index + 1)
+
     def _run(self) -> None:
+        next_tick = time.monotonic() + TICK_SECONDS
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            self._handle(*item)
+            try:
+                item = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                pass  # a tick: only the flush below
+            else:
+                if item is None:
+                    self._flush(final=True)
+                    return
+                probe, records = item
+                self._run_stages(probe.decode_batch(records))
+            if time.monotonic() >= next_tick:
+                self._flush()
+                next_tick = time.monotonic() + TICK_SECONDS
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vigil-pipeline", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Process everything queued so far, then stop."""
+        """Process everything queued so far, release what stages hold, then stop."""
         if self._thread is None:
             return
-        self._queue.put(_STOP)  # blocks while full: the thread is draining it
+        self._queue.put(None)  # blocks while full: the thread is draining it
         self._thread.join()
         self._thread = None

@@ -36,7 +36,12 @@ class RingBufferReader:
         self._thread: threading.Thread | None = None
         self._pending: list[tuple[Probe, list[bytes]]] = []
         self._callbacks: list[Any] = []
-        for probe in probes:
+        # Ordering: a cgroup is created before any process runs in it, so its
+        # record is committed first. Consuming metadata rings LAST means every
+        # process record read in a cycle has its cgroup record read in the same
+        # (or an earlier) cycle; handing metadata batches over FIRST then puts
+        # them ahead in the pipeline.
+        for probe in sorted(probes, key=lambda p: p.metadata):
             for name in probe.ring_buffers:
                 self._open(probe, name)
 
@@ -60,7 +65,7 @@ class RingBufferReader:
 
     def _hand_over(self) -> int:
         total = 0
-        for probe, records in self._pending:
+        for probe, records in reversed(self._pending):
             if records:
                 batch = records[:]
                 records.clear()

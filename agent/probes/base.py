@@ -80,6 +80,9 @@ class Probe(abc.ABC):
     members: ClassVar[tuple[str, ...]] = ()  # kernel struct members read via BTF
     ring_buffers: ClassVar[tuple[str, ...]] = ()
     drops_map: ClassVar[str | None] = None
+    # Metadata probes (cgroups) describe what other probes' events refer to:
+    # their records must reach the pipeline before the records that need them.
+    metadata: ClassVar[bool] = False
 
     def __init__(self, context: ProbeContext) -> None:
         self.context = context

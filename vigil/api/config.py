@@ -99,9 +99,39 @@ class Pipeline(ApiModel):
     zombie_interval_ms: int = Field(1000, ge=50, description="how often zombie counts are read")
 
 
+class Kubernetes(ApiModel):
+    """Pod metadata from the API server: only this node's pods are watched."""
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="auto: watch pods when in a cluster or a kubeconfig is found; "
+        "off: cgroup-derived attributes only (standalone hosts)",
+    )
+    node_name: str | None = Field(None, description="this node's name; default $NODE_NAME")
+    kubeconfig: str | None = Field(None, description="outside a cluster: kubeconfig path")
+    pod_labels: tuple[str, ...] = Field(
+        (), description="pod labels copied as k8s.pod.label.<key> (bounded cardinality)"
+    )
+    hold_ms: int = Field(
+        2000, ge=0, le=60_000, description="how long an event waits for its pod to be known"
+    )
+    hold_max_events: int = Field(10_000, ge=0, description="events waiting at most")
+
+
+class Enrichment(ApiModel):
+    """Attribution of events to cgroups, containers and pods."""
+
+    enabled: bool = True
+    cgroup_tombstone_seconds: float = Field(
+        60.0, ge=0, description="how long a removed cgroup stays resolvable"
+    )
+    kubernetes: Kubernetes = Kubernetes()
+
+
 class AgentConfig(ApiModel):
     version: Literal[1] = 1
     probes: Probes = Probes()
+    enrichment: Enrichment = Enrichment()
     pipeline: Pipeline = Pipeline()
 
 
