@@ -11,6 +11,7 @@ from rich.table import Table
 from vigil.agent.kernel import compiler, features, headers
 from vigil.agent.pipeline.timefmt import MonotonicClock
 from vigil.agent.probes.base import ProbeContext
+from vigil.agent.probes.cgroups import CgroupProbe
 from vigil.agent.runtime import PROBES
 from vigil.api.config import AgentConfig
 
@@ -18,7 +19,8 @@ from vigil.api.config import AgentConfig
 def shipped_probes() -> list[Any]:
     context = ProbeContext(clock=MonotonicClock())
     config = AgentConfig()
-    return [factory(context, config) for factory in PROBES.values()]
+    probes = [factory(context, config) for factory in PROBES.values()]
+    return [*probes, CgroupProbe(context)]  # runs with enrichment
 
 
 def collect() -> dict[str, Any]:

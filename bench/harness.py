@@ -124,15 +124,15 @@ class AgentRun:
         for match in re.finditer(r"vigil\.agent: (\w+): ((?:\w+=\d+ ?)+)$", self.stderr, re.M):
             pairs = re.findall(r"(\w+)=(\d+)", match.group(2))
             self.counters[match.group(1)] = {key: int(value) for key, value in pairs}
+        latency = re.search(r"p50=([\d.]+)ms p99=([\d.]+)ms", self.stderr)
+        if latency:
+            self.latency_ms = (float(latency.group(1)), float(latency.group(2)))
 
     def lost(self) -> int:
         """Records lost anywhere: in the kernel or in the pipeline queue."""
         return sum(
             c.get("dropped_kernel", 0) + c.get("dropped_queue", 0) for c in self.counters.values()
         )
-        latency = re.search(r"p50=([\d.]+)ms p99=([\d.]+)ms", self.stderr)
-        if latency:
-            self.latency_ms = (float(latency.group(1)), float(latency.group(2)))
 
 
 def spread(values: list[float], fmt: str = "{:.3f}") -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import cast
 
 from vigil.agent.enrich import cgroup_paths
+from vigil.agent.enrich.tombstones import Tombstones
 
 _UNPARSED: object = object()
 
@@ -68,19 +69,12 @@ class CgroupTable:
         max_tombstones: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if tombstone_seconds < 0:
-            raise ValueError(f"tombstone_seconds must be >= 0, got {tombstone_seconds}")
-        if max_tombstones < 0:
-            raise ValueError(f"max_tombstones must be >= 0, got {max_tombstones}")
         self._root = Path(root)
-        self._tombstone_seconds = tombstone_seconds
-        self._max_tombstones = max_tombstones
         self._clock = clock
         self._live: dict[int, _Entry] = {}
-        # id -> (expiry, entry). Insertion order is expiry order (one clock, one
-        # lifetime, re-tombstoned ids re-inserted at the end), so expired
-        # tombstones are always at the front and the oldest is evicted first.
-        self._tombstones: dict[int, tuple[float, _Entry]] = {}
+        self._tombstones: Tombstones[int, _Entry] = Tombstones(
+            seconds=tombstone_seconds, limit=max_tombstones, clock=clock
+        )
         self._lock = threading.Lock()
         self._scan_lock = threading.Lock()
         # Ids changed by on_mkdir/on_rmdir while a scan walks the tree: the events
@@ -121,15 +115,15 @@ class CgroupTable:
                     entry = self._live.get(cgroup_id)
                     if entry is None or entry.path != path:
                         self._live[cgroup_id] = _Entry(path)
-                    self._tombstones.pop(cgroup_id, None)
+                    self._tombstones.revive(cgroup_id)
                 now = self._clock()
                 for cgroup_id, entry in before.items():
                     if cgroup_id in found or cgroup_id in touched:
                         continue
                     if self._live.get(cgroup_id) is entry:
                         del self._live[cgroup_id]
-                        self._bury(cgroup_id, entry, now)
-                self._expire(now)
+                        self._tombstones.bury(cgroup_id, entry, now)
+                self._tombstones.expire(now)
             return len(found)
 
     def _walk(self) -> dict[int, str]:
@@ -169,8 +163,8 @@ class CgroupTable:
             if self._touched_during_scan is not None:
                 self._touched_during_scan.add(cgroup_id)
             self._live[cgroup_id] = entry
-            self._tombstones.pop(cgroup_id, None)
-            self._expire(self._clock())
+            self._tombstones.revive(cgroup_id)
+            self._tombstones.expire(self._clock())
 
     def on_rmdir(self, cgroup_id: int, path: str) -> None:
         """A cgroup was removed (``cgroup:cgroup_rmdir``): keep it resolvable a while.
@@ -188,8 +182,8 @@ class CgroupTable:
             if entry is None or entry.path != normalized:
                 entry = _Entry(normalized)
             now = self._clock()
-            self._bury(cgroup_id, entry, now)
-            self._expire(now)
+            self._tombstones.bury(cgroup_id, entry, now)
+            self._tombstones.expire(now)
 
     def expire(self) -> int:
         """Forget tombstones whose time is up; returns how many were dropped.
@@ -198,27 +192,7 @@ class CgroupTable:
         when no mkdir/rmdir event comes along to do it.
         """
         with self._lock:
-            return self._expire(self._clock())
-
-    def _bury(self, cgroup_id: int, entry: _Entry, now: float) -> None:
-        # Caller holds the lock.
-        self._tombstones.pop(cgroup_id, None)  # re-insert at the end: expiry order
-        if self._max_tombstones == 0 or self._tombstone_seconds == 0:
-            return
-        while len(self._tombstones) >= self._max_tombstones:
-            del self._tombstones[next(iter(self._tombstones))]
-        self._tombstones[cgroup_id] = (now + self._tombstone_seconds, entry)
-
-    def _expire(self, now: float) -> int:
-        # Caller holds the lock.
-        dropped = 0
-        while self._tombstones:
-            oldest = next(iter(self._tombstones))
-            if self._tombstones[oldest][0] > now:
-                break
-            del self._tombstones[oldest]
-            dropped += 1
-        return dropped
+            return self._tombstones.expire(self._clock())
 
     # -- reader side (hot path, no lock) -------------------------------------------
 
@@ -226,10 +200,7 @@ class CgroupTable:
         entry = self._live.get(cgroup_id)
         if entry is not None:
             return entry
-        tomb = self._tombstones.get(cgroup_id)
-        if tomb is not None and self._clock() < tomb[0]:
-            return tomb[1]
-        return None
+        return self._tombstones.get(cgroup_id)
 
     def path(self, cgroup_id: int) -> str | None:
         """The cgroup's path relative to the v2 root ("/" for the root), or None.
@@ -253,12 +224,12 @@ class CgroupTable:
     def __len__(self) -> int:
         """Resolvable ids: live cgroups plus unexpired tombstones."""
         with self._lock:
-            self._expire(self._clock())
+            self._tombstones.expire(self._clock())
             return len(self._live) + len(self._tombstones)
 
     @property
     def tombstone_count(self) -> int:
         """Removed cgroups still held (unexpired), bounded by max_tombstones."""
         with self._lock:
-            self._expire(self._clock())
+            self._tombstones.expire(self._clock())
             return len(self._tombstones)

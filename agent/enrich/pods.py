@@ -31,11 +31,12 @@ import re
 import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
+
+from vigil.agent.enrich.tombstones import Tombstones
 
 if TYPE_CHECKING:
     # Imported where used: ~0.3 s that a standalone agent (no cluster) never pays.
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 
 _CONTAINER_ID = re.compile(r"(?:[A-Za-z0-9.+-]+://)?(?P<id>[0-9a-f]{64})")
 _STATUS_LISTS = ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
@@ -154,22 +154,14 @@ class PodCache:
         max_tombstones: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if tombstone_seconds < 0:
-            raise ValueError(f"tombstone_seconds must be >= 0, got {tombstone_seconds}")
-        if max_tombstones < 0:
-            raise ValueError(f"max_tombstones must be >= 0, got {max_tombstones}")
-        self._tombstone_seconds = tombstone_seconds
-        self._max_tombstones = max_tombstones
         self._clock = clock
         self._pods: dict[str, PodInfo] = {}
         self._containers: dict[str, tuple[PodInfo, ContainerInfo]] = {}
-        # key -> (expiry, value). Order is expiry order (one clock, one lifetime,
-        # re-buried keys moved to the end): expired ones are at the front, and the
-        # oldest goes first when the bound is reached. OrderedDict so a re-buried
-        # key moves without leaving the mapping, which a lookup could see.
-        self._dead_pods: OrderedDict[str, tuple[float, PodInfo]] = OrderedDict()
-        self._dead_containers: OrderedDict[str, tuple[float, tuple[PodInfo, ContainerInfo]]] = (
-            OrderedDict()
+        self._dead_pods: Tombstones[str, PodInfo] = Tombstones(
+            seconds=tombstone_seconds, limit=max_tombstones, clock=clock
+        )
+        self._dead_containers: Tombstones[str, tuple[PodInfo, ContainerInfo]] = Tombstones(
+            seconds=tombstone_seconds, limit=max_tombstones, clock=clock
         )
         self._callbacks: list[Callable[[PodInfo], None]] = []
         self._lock = threading.Lock()
@@ -182,10 +174,7 @@ class PodCache:
         info = self._pods.get(uid)
         if info is not None:
             return info
-        tomb = self._dead_pods.get(uid)
-        if tomb is not None and self._clock() < tomb[0]:
-            return tomb[1]
-        return None
+        return self._dead_pods.get(uid)
 
     def container(self, container_id: str) -> tuple[PodInfo, ContainerInfo] | None:
         """The pod and container a bare 64-hex container id belongs to, or None.
@@ -197,10 +186,7 @@ class PodCache:
         entry = self._containers.get(container_id)
         if entry is not None:
             return entry
-        tomb = self._dead_containers.get(container_id)
-        if tomb is not None and self._clock() < tomb[0]:
-            return tomb[1]
-        return None
+        return self._dead_containers.get(container_id)
 
     def __len__(self) -> int:
         """Pods on the node now (deleted ones still resolvable are not counted)."""
@@ -272,10 +258,10 @@ class PodCache:
         if old == info:
             return False
         self._pods[info.uid] = info
-        self._dead_pods.pop(info.uid, None)
+        self._dead_pods.revive(info.uid)
         for cid, container in info.containers.items():
             self._containers[cid] = (info, container)
-            self._dead_containers.pop(cid, None)
+            self._dead_containers.revive(cid)
         if old is not None:
             for cid, container in old.containers.items():
                 if cid not in info.containers:  # restarted or replaced: keep a while
@@ -306,35 +292,14 @@ class PodCache:
         return previously is None or previously != info
 
     def _bury_pod(self, info: PodInfo, now: float) -> None:
-        self._bury(self._dead_pods, info.uid, info, now)
+        self._dead_pods.bury(info.uid, info, now)
 
     def _bury_container(self, cid: str, entry: tuple[PodInfo, ContainerInfo], now: float) -> None:
-        self._bury(self._dead_containers, cid, entry, now)
-
-    def _bury(
-        self, tombs: OrderedDict[str, tuple[float, _T]], key: str, value: _T, now: float
-    ) -> None:
-        # Caller holds the lock.
-        if self._max_tombstones == 0 or self._tombstone_seconds == 0:
-            tombs.pop(key, None)
-            return
-        if key not in tombs:
-            while len(tombs) >= self._max_tombstones:
-                tombs.popitem(last=False)
-        tombs[key] = (now + self._tombstone_seconds, value)
-        tombs.move_to_end(key)
+        self._dead_containers.bury(cid, entry, now)
 
     def _expire(self, now: float) -> int:
         # Caller holds the lock.
-        dropped = 0
-        tombs: OrderedDict[str, tuple[float, Any]]
-        for tombs in (self._dead_pods, self._dead_containers):
-            while tombs:
-                if next(iter(tombs.values()))[0] > now:
-                    break
-                tombs.popitem(last=False)
-                dropped += 1
-        return dropped
+        return self._dead_pods.expire(now) + self._dead_containers.expire(now)
 
     def _notify(self, callbacks: list[Callable[[PodInfo], None]], infos: list[PodInfo]) -> None:
         for info in infos:

@@ -35,7 +35,7 @@ EXIT = Event(
 
 
 def test_json_lines_are_event_records() -> None:
-    stream = io.StringIO()
+    stream = io.BytesIO()
     sink = JsonLinesSink(stream)
     sink.emit([EXEC, EXIT])
     lines = stream.getvalue().splitlines()
