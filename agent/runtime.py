@@ -127,17 +127,19 @@ class Agent:
 
     def _compile(self, probes: list[Probe]) -> compiler.CompiledModule:
         members = {member for probe in probes for member in probe.members}
+        offsets = compiler.resolve_fields(members)
+        if offsets.missing:
+            # Every member the shipped probes read is essential to them.
+            raise ProbeError(
+                "kernel struct members not resolvable from BTF: "
+                + "; ".join(f"{name}: {why}" for name, why in sorted(offsets.missing.items()))
+                + " (run `vigil-agent doctor`)"
+            )
         defines: dict[str, int | str] = {}
         for probe in probes:
             defines.update(probe.defines())
-        missing = [m for m in sorted(members) if m not in compiler.resolve_fields([m]).resolved]
-        if missing:
-            raise ProbeError(
-                f"kernel struct members not found in BTF: {', '.join(missing)} "
-                "(run `vigil-agent doctor`)"
-            )
         sources = [compiler.bpf_source(probe.source) for probe in probes]
-        return compiler.compile_sources(sources, members=members, defines=defines)
+        return compiler.compile_sources(sources, offsets=offsets, defines=defines)
 
     def _compile_isolating_failures(self, probes: list[Probe]) -> None:
         try:

@@ -134,18 +134,22 @@ def compile_sources(
     sources: Sequence[Path],
     *,
     members: Iterable[str] = (),
+    offsets: FieldOffsets | None = None,
     defines: Mapping[str, int | str] | None = None,
     header_tree: headers.HeaderTree | None = None,
     reader: btf.BTF | None = None,
 ) -> CompiledModule:
     """Compile and load `sources` as one bcc module (programs are attached later).
 
-    Raises CompileError with clang's diagnostics, or HeadersNotFound.
+    BTF offsets come from `offsets` when the caller resolved them already,
+    else from looking `members` up. Raises CompileError with clang's
+    diagnostics, or HeadersNotFound.
     """
     mounts.ensure_tracefs()
     tree = header_tree or headers.resolve_headers()
     os.environ.update(headers.bcc_environment(tree))
-    offsets = resolve_fields(members, reader)
+    if offsets is None:
+        offsets = resolve_fields(members, reader)
 
     import bcc  # imported late: it is an OS package, absent from plain virtualenvs
 

@@ -15,29 +15,26 @@ def _tree(root: Path) -> Path:
     return root
 
 
-def test_headers_prefer_the_host_tree(tmp_path: Path) -> None:
-    host = _tree(tmp_path / "modules/6.18.0/build")
-    prepared = _tree(tmp_path / "prepared")
-    tree = headers.resolve_headers(
+def _resolve_in(tmp_path: Path) -> headers.HeaderTree:
+    """Resolve with every place inside tmp_path: release 6.18.0, no env override."""
+    return headers.resolve_headers(
         release="6.18.0",
         env={},
-        prepared=prepared,
+        prepared=tmp_path / "prepared",
         kheaders=tmp_path / "none.tar.xz",
         modules_root=tmp_path / "modules",
     )
-    assert tree == headers.HeaderTree(host, "host")
+
+
+def test_headers_prefer_the_host_tree(tmp_path: Path) -> None:
+    host = _tree(tmp_path / "modules/6.18.0/build")
+    _tree(tmp_path / "prepared")
+    assert _resolve_in(tmp_path) == headers.HeaderTree(host, "host")
 
 
 def test_headers_fall_back_to_the_prepared_tree(tmp_path: Path) -> None:
     prepared = _tree(tmp_path / "prepared")
-    tree = headers.resolve_headers(
-        release="6.18.0",
-        env={},
-        prepared=prepared,
-        kheaders=tmp_path / "none.tar.xz",
-        modules_root=tmp_path / "modules",
-    )
-    assert tree == headers.HeaderTree(prepared, "prepared")
+    assert _resolve_in(tmp_path) == headers.HeaderTree(prepared, "prepared")
 
 
 def test_headers_env_override_wins(tmp_path: Path) -> None:

@@ -15,23 +15,23 @@ def test_seed_from_proc_knows_this_process() -> None:
     assert me.executable_path == os.readlink("/proc/self/exe")
 
 
+def _exec(pid: int, path: str) -> Event:
+    return Event(
+        "process.exec",
+        1,
+        {
+            "process.pid": pid,
+            "process.parent_pid": 1,
+            "process.executable.path": path,
+            "process.executable.name": path.rsplit("/", 1)[-1],
+            "process.command_args": [path],
+        },
+    )
+
+
 def test_exit_gets_the_exec_path_and_leaves_the_table() -> None:
     table = ProcessTable()
-    table.observe(
-        [
-            Event(
-                "process.exec",
-                1,
-                {
-                    "process.pid": 10,
-                    "process.parent_pid": 1,
-                    "process.executable.path": "/bin/app",
-                    "process.executable.name": "app",
-                    "process.command_args": ["app"],
-                },
-            )
-        ]
-    )
+    table.observe([_exec(10, "/bin/app")])
     exit_event = Event(
         "process.exit", 2, {"process.pid": 10, "process.executable.name": "app-comm"}
     )
@@ -43,20 +43,7 @@ def test_exit_gets_the_exec_path_and_leaves_the_table() -> None:
 
 def test_fork_inherits_the_parent_image() -> None:
     table = ProcessTable()
-    table.observe(
-        [
-            Event(
-                "process.exec",
-                1,
-                {
-                    "process.pid": 10,
-                    "process.parent_pid": 1,
-                    "process.executable.path": "/bin/srv",
-                    "process.executable.name": "srv",
-                },
-            )
-        ]
-    )
+    table.observe([_exec(10, "/bin/srv")])
     fork = Event("process.fork", 2, {"process.pid": 11, "process.parent_pid": 10})
     table.observe([fork])
     assert fork.attributes["process.executable.path"] == "/bin/srv"
