@@ -158,14 +158,12 @@ def compile_sources(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vigil-bpf-") as workdir:
         unit = _translation_unit(sources, Path(workdir))
-        with _captured_stderr() as diagnostics:
-            try:
+        try:
+            with _captured_stderr() as diagnostics:
                 module = bcc.BPF(src_file=str(unit).encode(), cflags=cflags)
-            except Exception as exc:
-                failure: Exception | None = exc
-            else:
-                failure = None
-    if failure is not None:
-        names = ", ".join(src.name for src in sources)
-        raise CompileError(f"bcc failed to compile {names}: {failure}", "".join(diagnostics))
+        except Exception as exc:  # bcc raises bare Exception
+            names = ", ".join(src.name for src in sources)
+            raise CompileError(
+                f"bcc failed to compile {names}: {exc}", "".join(diagnostics)
+            ) from exc
     return CompiledModule(module, tuple(sources), offsets, time.perf_counter() - started)
