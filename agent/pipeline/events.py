@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vigil.agent.pipeline import timefmt
-from vigil.api.events import AttributeValue, EventRecord
+from vigil.api.events import AttributeValue
 
 
 @dataclass(slots=True)
@@ -16,7 +16,10 @@ class Event:
     time_ns: int
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
-    def to_record(self) -> EventRecord:
-        return EventRecord.model_construct(
-            kind=self.kind, time=timefmt.rfc3339_ns(self.time_ns), attributes=self.attributes
-        )
+    def to_wire(self) -> dict[str, object]:
+        """The event in vigil.api.events.EventRecord's shape, ready to serialize."""
+        return {
+            "kind": self.kind,
+            "time": timefmt.rfc3339_ns(self.time_ns),
+            "attributes": self.attributes,
+        }

@@ -23,6 +23,11 @@ from vigil.agent.pipeline.timefmt import MonotonicClock
 log = logging.getLogger(__name__)
 
 
+# Slots of every probe's per-CPU drop counter map: VIGIL_DROP_RINGBUF and
+# VIGIL_DROP_MAP_FULL (VIGIL_DROP_SLOTS in bpf/vigil.h).
+DROP_SLOTS = 2
+
+
 class ProbeError(RuntimeError):
     """A probe could not be compiled, loaded or attached; the others keep running."""
 
@@ -153,5 +158,7 @@ class Probe(abc.ABC):
         if self.bpf is None or self.drops_map is None:
             return
         table = self.bpf[self.drops_map.encode()]
-        totals = [sum(int(v) for v in table.getvalue(ctypes.c_int(slot))) for slot in range(2)]
+        totals = [
+            sum(int(v) for v in table.getvalue(ctypes.c_int(slot))) for slot in range(DROP_SLOTS)
+        ]
         self.counters.dropped_kernel, self.counters.map_full = totals

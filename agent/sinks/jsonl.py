@@ -10,7 +10,6 @@ from typing import BinaryIO
 from pydantic_core import to_json
 
 from vigil.agent.pipeline.events import Event
-from vigil.agent.pipeline.timefmt import rfc3339_ns
 
 
 class JsonLinesSink:
@@ -20,12 +19,9 @@ class JsonLinesSink:
     def emit(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        # The dict has EventRecord's shape; pydantic-core serializes it ~4x
-        # faster than building the model first (measured: 1.5 vs 6.7 us/event).
-        lines = [
-            to_json({"kind": e.kind, "time": rfc3339_ns(e.time_ns), "attributes": e.attributes})
-            for e in events
-        ]
+        # pydantic-core serializes the EventRecord-shaped dict ~4x faster than
+        # building the model first (measured: 1.5 vs 6.7 us/event).
+        lines = [to_json(event.to_wire()) for event in events]
         try:
             self._stream.write(b"\n".join(lines) + b"\n")
             self._stream.flush()
