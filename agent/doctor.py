@@ -10,16 +10,21 @@ from rich.table import Table
 
 from vigil.agent.kernel import compiler, features, headers
 from vigil.agent.pipeline.timefmt import MonotonicClock
-from vigil.agent.probes.base import ProbeContext
+from vigil.agent.probes import registry
+from vigil.agent.probes.base import Probe, ProbeContext, ProbeError
 from vigil.agent.probes.cgroups import CgroupProbe
-from vigil.agent.runtime import PROBES
 from vigil.api.config import AgentConfig
 
 
-def shipped_probes() -> list[Any]:
+def shipped_probes() -> list[Probe]:
     context = ProbeContext(clock=MonotonicClock())
     config = AgentConfig()
-    probes = [factory(context, config) for factory in PROBES.values()]
+    probes: list[Probe] = []
+    for name in registry.PROBES:
+        try:
+            probes.append(registry.create(name, context, config))
+        except ProbeError:
+            continue  # not in this build
     return [*probes, CgroupProbe(context)]  # runs with enrichment
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vigil.agent.enrich.attribution import Enricher
@@ -23,6 +23,7 @@ from vigil.agent.kernel import compiler, mounts
 from vigil.agent.pipeline.dispatch import Dispatcher, Stage
 from vigil.agent.pipeline.ringbuf import RingBufferReader
 from vigil.agent.pipeline.timefmt import MonotonicClock
+from vigil.agent.probes import registry
 from vigil.agent.probes.base import Probe, ProbeContext, ProbeError
 from vigil.agent.probes.cgroups import CgroupProbe
 from vigil.agent.probes.process import ProcessProbe
@@ -30,12 +31,6 @@ from vigil.agent.sinks.base import Sink
 from vigil.api.config import AgentConfig
 
 log = logging.getLogger("vigil.agent")
-
-ProbeFactory = Callable[[ProbeContext, AgentConfig], Probe]
-
-PROBES: dict[str, ProbeFactory] = {
-    "process": lambda context, config: ProcessProbe(context, config.probes.process),
-}
 
 HOUSEKEEPING_SECONDS = 1.0
 
@@ -69,11 +64,10 @@ class Agent:
         self.config = config
         self.sinks = list(sinks)
         self.probe_names = list(probes) if probes is not None else config.probes.enabled()
-        unknown = sorted(set(self.probe_names) - PROBES.keys())
+        unknown = sorted(set(self.probe_names) - registry.PROBES.keys())
         if unknown:
-            raise AgentError(
-                f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(sorted(PROBES))}"
-            )
+            known = ", ".join(registry.PROBES)
+            raise AgentError(f"unknown probe(s) {', '.join(unknown)}; known: {known}")
         self.clock = MonotonicClock()
         self.process_table = ProcessTable(config.pipeline.process_table_size)
         self.cgroups: CgroupTable | None = None
@@ -159,7 +153,12 @@ class Agent:
             raise AgentError("tracefs is not mounted at /sys/kernel/tracing and cannot be (root?)")
         self.process_table.seed_from_proc()
         context = ProbeContext(clock=self.clock)
-        wanted = [PROBES[name](context, self.config) for name in self.probe_names]
+        wanted = []
+        for name in self.probe_names:
+            try:
+                wanted.append(registry.create(name, context, self.config))
+            except ProbeError as exc:
+                self.report.failed[name] = str(exc)
         if self.enricher is not None:
             wanted.append(CgroupProbe(context))
         self._compile_isolating_failures(wanted)

@@ -66,4 +66,26 @@ static __always_inline long vigil_ringbuf_output(void *ringbuf, void *data, u64 
 #define VIGIL_DROP_SLOTS 2
 #define VIGIL_DROP_COUNTERS(name) BPF_PERCPU_ARRAY(name, u64, VIGIL_DROP_SLOTS)
 
+/* Log2 histograms, shared with agent/telemetry/histograms.py: value v goes to
+ *   slot 0 when v <= 1, slot k when 2^(k-1) < v <= 2^k (clamped to the last),
+ * which is exactly an OpenTelemetry explicit-bucket histogram with bounds
+ * 1, 2, 4, ... (buckets are upper-inclusive there too). */
+#define VIGIL_LOG2_SLOTS 48
+
+static __always_inline u32 vigil_log2_slot(u64 v)
+{
+    u32 bits = 0;
+    if (v <= 1)
+        return 0;
+    v -= 1; /* the slot is now the bit length of v */
+    if (v >> 32) { v >>= 32; bits += 32; }
+    if (v >> 16) { v >>= 16; bits += 16; }
+    if (v >> 8) { v >>= 8; bits += 8; }
+    if (v >> 4) { v >>= 4; bits += 4; }
+    if (v >> 2) { v >>= 2; bits += 2; }
+    if (v >> 1) { v >>= 1; bits += 1; }
+    bits += (u32)v;
+    return bits < VIGIL_LOG2_SLOTS ? bits : VIGIL_LOG2_SLOTS - 1;
+}
+
 #endif /* VIGIL_H */

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 from vigil.agent.pipeline.counters import ProbeCounters
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.timefmt import MonotonicClock
+from vigil.agent.telemetry.samples import EventMetric, MetricPoint
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,12 @@ class Probe(abc.ABC):
     # Metadata probes (cgroups) describe what other probes' events refer to:
     # their records must reach the pipeline before the records that need them.
     metadata: ClassVar[bool] = False
+    # Instruments fed by this probe's events (see vigil.agent.telemetry.samples).
+    event_metrics: ClassVar[tuple[EventMetric, ...]] = ()
 
-    def __init__(self, context: ProbeContext) -> None:
+    def __init__(self, context: ProbeContext, config: Any = None) -> None:
         self.context = context
+        self.config = config
         self.counters = ProbeCounters()
         self.bpf: Any = None
         self._attached: list[Hook] = []
@@ -101,6 +105,18 @@ class Probe(abc.ABC):
 
     def configure(self, bpf: Any) -> None:
         """Write the probe's configuration maps; called after load and on reload."""
+
+    def update_config(self, config: Any) -> bool:
+        """Apply new settings to the running probe through its maps.
+
+        Returns False, changing nothing, when they need a recompile (a
+        compile-time size changed); the supervisor then reloads the probe.
+        """
+        return bool(config == self.config)
+
+    def collect(self) -> list[MetricPoint]:
+        """Snapshot the probe's in-kernel aggregates (called on the export thread)."""
+        return []
 
     @abc.abstractmethod
     def decode(self, record: bytes) -> Event:

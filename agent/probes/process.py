@@ -84,9 +84,10 @@ class ProcessProbe(Probe):
     ring_buffers: ClassVar[tuple[str, ...]] = ("process_events",)
     drops_map: ClassVar[str | None] = "process_drops"
 
+    config: ProcessProbeConfig
+
     def __init__(self, context: ProbeContext, config: ProcessProbeConfig) -> None:
-        super().__init__(context)
-        self.config = config
+        super().__init__(context, config)
         self._redactor = Redactor(config.args.redact)
 
     def defines(self) -> dict[str, int | str]:
@@ -100,11 +101,14 @@ class ProcessProbe(Probe):
         leaf.args_max_bytes = self.config.args.max_bytes if self.config.args.enabled else 0
         table[ctypes.c_int(0)] = leaf
 
-    def update_config(self, config: ProcessProbeConfig) -> None:
+    def update_config(self, config: ProcessProbeConfig) -> bool:
+        if config.ring_buffer.pages != self.config.ring_buffer.pages:
+            return False  # the ring buffer's size is fixed at compile time
         self.config = config
         self._redactor = Redactor(config.args.redact)
         if self.bpf is not None:
             self.configure(self.bpf)
+        return True
 
     def zombie_counts(self) -> dict[int, int]:
         """cgroup id -> processes in it that exited and are not yet reaped."""

@@ -6,86 +6,31 @@ the operator renders it from ProbePolicies into a ConfigMap.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from vigil.api.base import ApiModel, describe_validation_error
+from vigil.api.export import Export
+from vigil.api.policies import AppliedPolicy
+from vigil.api.probes import Probes
+from vigil.api.probes.process import DEFAULT_REDACTIONS, ArgumentCapture, ProcessProbe
 
-# Masks the value of secret-looking options. Patterns run over the command line
-# joined with single spaces; the named group `value` (else the whole match) is
-# replaced with REDACTED, argument by argument.
-DEFAULT_REDACTIONS: tuple[str, ...] = (
-    r"(?i)--?[\w.-]*(?:password|passwd|pwd|token|secret|api[-_]?key|credentials?)[\w.-]*"
-    r"(?:=| )(?P<value>\S+)",
-    r"(?i)\b[\w.-]*(?:password|passwd|token|secret|api[-_]?key)[\w.-]*=(?P<value>\S+)",
-    r"(?i)\bauthorization:\s*(?:bearer|basic)\s+(?P<value>\S+)",
-    r"://[^/\s:@]+:(?P<value>[^/\s@]+)@",
-)
+__all__ = [
+    "DEFAULT_REDACTIONS",
+    "AgentConfig",
+    "ArgumentCapture",
+    "ConfigError",
+    "ProcessProbe",
+    "load_config",
+    "parse_config",
+]
 
 
 class ConfigError(ValueError):
     """An invalid configuration: the message names the source, field and reason."""
-
-
-class ArgumentCapture(ApiModel):
-    """How much of argv an exec event carries, and what is masked in it."""
-
-    enabled: bool = True
-    max_args: int = Field(32, ge=1, le=1024, description="arguments kept per exec")
-    max_arg_length: int = Field(256, ge=1, le=4095, description="characters kept per argument")
-    max_bytes: int = Field(
-        4095, ge=1, le=4095, description="bytes of argv read in the kernel (before splitting)"
-    )
-    redact: tuple[str, ...] = Field(
-        DEFAULT_REDACTIONS,
-        description="regexes over the space-joined command line; group `value` is masked",
-    )
-
-    @field_validator("redact")
-    @classmethod
-    def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
-        for index, pattern in enumerate(patterns):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"redact[{index}] {pattern!r} is not a regex: {exc}") from exc
-        return patterns
-
-
-class RingBuffer(ApiModel):
-    """A probe's ring buffer: size (compile time) and wakeup batching (live)."""
-
-    pages: int = Field(1024, ge=1, le=65536, description="4 KiB pages; a power of two")
-    wake_bytes: int = Field(
-        512 * 1024,
-        ge=0,
-        description="wake the reader once this much is waiting; below it the reader drains "
-        "on its timer (pipeline.drainIntervalMs)",
-    )
-
-    @field_validator("pages")
-    @classmethod
-    def _power_of_two(cls, pages: int) -> int:
-        if pages & (pages - 1):
-            raise ValueError(f"{pages} is not a power of two")
-        return pages
-
-
-class ProcessProbe(ApiModel):
-    enabled: bool = True
-    args: ArgumentCapture = ArgumentCapture()
-    ring_buffer: RingBuffer = RingBuffer()
-
-
-class Probes(ApiModel):
-    process: ProcessProbe = ProcessProbe()
-
-    def enabled(self) -> list[str]:
-        return [name for name in type(self).model_fields if getattr(self, name).enabled]
 
 
 class Pipeline(ApiModel):
@@ -133,6 +78,12 @@ class AgentConfig(ApiModel):
     probes: Probes = Probes()
     enrichment: Enrichment = Enrichment()
     pipeline: Pipeline = Pipeline()
+    export: Export = Export()
+    policies: tuple[AppliedPolicy, ...] = Field(
+        (),
+        description="what each accepted policy selects and the rules it carries; "
+        "empty: every process on the host is observed, with no rules",
+    )
 
 
 def parse_config(data: object, *, source: str = "config") -> AgentConfig:
