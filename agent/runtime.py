@@ -132,7 +132,7 @@ class Agent:
         defines: dict[str, int | str] = {}
         for probe in probes:
             defines.update(probe.defines())
-        sources = [compiler.bpf_source(probe.source) for probe in probes]
+        sources = compiler.module_sources(probe.source for probe in probes)
         return compiler.compile_sources(sources, offsets=offsets, defines=defines)
 
     def _compile_isolating_failures(self, probes: list[Probe]) -> None:

@@ -109,6 +109,8 @@ static __always_inline u64 process_wake_bytes(void)
 
 static __always_inline void process_emit(struct process_record *rec, u64 size)
 {
+    if (!vigil_selected(rec->cgroup_id))
+        return;
     if (process_events.ringbuf_output(rec, size, process_wake_bytes()) < 0)
         process_drops.increment(VIGIL_DROP_RINGBUF);
 }

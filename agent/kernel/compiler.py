@@ -42,6 +42,15 @@ def bpf_source(name: str) -> Path:
     return path
 
 
+# Compiled first into every probe module: what all probes share (vigil_selected()).
+COMMON_SOURCES = ("selection.bpf.c",)
+
+
+def module_sources(probe_sources: Iterable[str]) -> list[Path]:
+    """The files of one probe module: the common sources, then the probes' own."""
+    return [bpf_source(name) for name in (*COMMON_SOURCES, *probe_sources)]
+
+
 def field_macro(member_path: str) -> str:
     """ "task_struct.tgid" -> "task_struct__tgid" (the suffix of VIGIL_OFF_/VIGIL_SIZE_)."""
     return member_path.replace(".", "__")

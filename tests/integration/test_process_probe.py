@@ -177,7 +177,7 @@ def test_decoder_layout_matches_the_c_struct() -> None:
     """bcc derives a ctypes class from the C struct; the decoder must agree with it."""
     probe = ProcessProbe(context=None, config=AgentConfig().probes.process)  # type: ignore[arg-type]
     module = compiler.compile_sources(
-        [compiler.bpf_source(probe.source)], members=probe.members, defines=probe.defines()
+        compiler.module_sources([probe.source]), members=probe.members, defines=probe.defines()
     )
     try:
         from bcc.table import _get_event_class  # bcc's own reading of the C struct
