@@ -53,7 +53,7 @@ def collect() -> dict[str, Any]:
         "btf_missing": offsets.missing,
         "probes": {
             probe.name: {
-                "tracepoints": sorted(hook.tracepoint for hook in probe.hooks),
+                "tracepoints": sorted({hook.tracepoint for hook in probe.hooks}),
                 "btf_members": sorted(probe.members),
             }
             for probe in probes

@@ -87,24 +87,57 @@ def _rmdir_when_empty(path: Path) -> None:
             time.sleep(0.05)
 
 
-def in_cgroup(cgroup: Path) -> Callable[[], None]:
-    """A preexec_fn that moves the child into `cgroup` before it execs."""
-    procs = cgroup / "cgroup.procs"
+def in_cgroup(cgroup: Path, *more: Path) -> Callable[[], None]:
+    """A preexec_fn that moves the child into `cgroup` (and `more`) before it execs.
+
+    `more` holds cgroups of other hierarchies (a cgroup v1 memory cgroup).
+    """
+    procs = [path / "cgroup.procs" for path in (cgroup, *more)]
 
     def move() -> None:
-        procs.write_text(str(os.getpid()))
+        for path in procs:
+            path.write_text(str(os.getpid()))
 
     return move
 
 
 def spawn(
-    args: Sequence[str], *, cgroup: Path | None = None, **kwargs: object
+    args: Sequence[str],
+    *,
+    cgroup: Path | None = None,
+    also_in: Sequence[Path] = (),
+    **kwargs: object,
 ) -> subprocess.Popen[bytes]:
+    """Start `args`; the child joins `cgroup` and the cgroups `also_in` before exec."""
     executable = args[0] if os.path.isabs(args[0]) else shutil.which(args[0])
     assert executable
+    assert cgroup or not also_in, "also_in needs a cgroup v2 `cgroup`"
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
         [executable, *args[1:]],
-        # Runs between fork and exec: one write(2), safe enough in a threaded test process.
-        preexec_fn=in_cgroup(cgroup) if cgroup else None,  # noqa: PLW1509
+        # Runs between fork and exec: a write(2) per cgroup, safe enough in a threaded test process.
+        preexec_fn=in_cgroup(cgroup, *also_in) if cgroup else None,  # noqa: PLW1509
         **kwargs,
     )
+
+
+MEMORY_V1_ROOT = Path("/sys/fs/cgroup/memory")
+
+
+@contextmanager
+def memory_cgroup_v1(limit_bytes: int) -> Iterator[Path]:
+    """A fresh cgroup v1 memory cgroup limited to `limit_bytes`, swap included.
+
+    The memory controller is bound to cgroup v1 on the project's machines:
+    an OOM kill needs a limit here (a scratch_cgroup() has no memory.max).
+    """
+    assert (MEMORY_V1_ROOT / "memory.limit_in_bytes").exists(), "no cgroup v1 memory controller"
+    path = MEMORY_V1_ROOT / f"vigil-test-{uuid.uuid4().hex[:12]}"
+    path.mkdir()
+    try:
+        (path / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        memsw = path / "memory.memsw.limit_in_bytes"  # only with swap accounting
+        if memsw.exists():
+            memsw.write_text(str(limit_bytes))  # no escape into swap either
+        yield path
+    finally:
+        _remove_cgroup(path)

@@ -1,0 +1,163 @@
+"""The `oom` probe: every process the OOM killer picks, with its cgroup and memory.
+
+Kernel side: bpf/oom.bpf.c (oom:mark_victim, as a tracepoint for the
+figures and as a raw tracepoint for the victim's task). One
+`process.oom_kill` event per victim process:
+
+  process.pid                 the victim's tgid (the process whose span ends in ERROR)
+  thread.id                   the victim thread the kernel marked
+  process.executable.name     that thread's comm
+  process.real_user.id        the victim's real uid (what the kernel reports)
+  process.creation.time       the victim's start
+  vigil.cgroup.id             the VICTIM's cgroup v2 id (not the trigger's)
+  vigil.oom.total_vm          virtual memory size, BYTES (the kernel gives kB)
+  vigil.oom.anon_rss          resident anonymous memory, BYTES (kernel: kB)
+  vigil.oom.file_rss          resident file-backed memory, BYTES (kernel: kB)
+  vigil.oom.shmem_rss         resident shared memory, BYTES (kernel: kB)
+  vigil.oom.pgtables          page tables, BYTES (kernel: kB, rounded down)
+  vigil.oom.score_adj         the victim's oom_score_adj (-1000..1000)
+  vigil.oom.trigger.pid       the process whose allocation ran out of memory
+  vigil.oom.trigger.name      its comm
+  vigil.oom.trigger.cgroup.id its cgroup v2 id
+
+The kB figures are the kernel's own (tracepoint format), multiplied by 1024.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, ClassVar
+
+from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.timefmt import rfc3339_ns
+from vigil.agent.probes.base import DecodeError, Hook, Probe, RecordLayout
+from vigil.agent.telemetry.samples import EventMetric, MetricSpec
+from vigil.api.events import AttributeValue
+from vigil.api.probes.oom import OomProbe as OomProbeConfig
+
+KIND = "process.oom_kill"
+
+# struct oom_record in bpf/oom.bpf.c.
+RECORD = RecordLayout(
+    [
+        ("ts", "Q"),
+        ("cgroup_id", "Q"),
+        ("start_time", "Q"),
+        ("total_vm_kb", "Q"),
+        ("anon_rss_kb", "Q"),
+        ("file_rss_kb", "Q"),
+        ("shmem_rss_kb", "Q"),
+        ("pgtables_kb", "Q"),
+        ("trigger_cgroup_id", "Q"),
+        ("pid", "I"),
+        ("tid", "I"),
+        ("uid", "I"),
+        ("trigger_pid", "I"),
+        ("oom_score_adj", "i"),
+        ("reserved", "I"),
+        ("comm", "16s"),
+        ("trigger_comm", "16s"),
+    ]
+)
+
+KILLS = MetricSpec(
+    "vigil.oom.kills",
+    "counter",
+    "{kill}",
+    "Processes killed by the kernel's OOM killer",
+)
+
+
+def _comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+class OomProbe(Probe):
+    name: ClassVar[str] = "oom"
+    source: ClassVar[str] = "oom.bpf.c"
+    hooks: ClassVar[tuple[Hook, ...]] = (
+        Hook("tracepoint", "oom:mark_victim", "vigil_oom_mark_victim"),
+        Hook("raw_tracepoint", "oom:mark_victim", "vigil_oom_mark_victim_task"),
+    )
+    members: ClassVar[tuple[str, ...]] = (
+        "task_struct.pid",
+        "task_struct.tgid",
+        "task_struct.group_leader",
+        "task_struct.start_time",
+        "task_struct.cgroups",
+        "css_set.dfl_cgrp",
+        "cgroup.kn",
+        "kernfs_node.id",
+    )
+    ring_buffers: ClassVar[tuple[str, ...]] = ("oom_events",)
+    drops_map: ClassVar[str | None] = "oom_drops"
+    # Per pod (the telemetry layer adds the pod attributes from vigil.cgroup.id).
+    event_metrics: ClassVar[tuple[EventMetric, ...]] = (EventMetric(KILLS, KIND),)
+
+    config: OomProbeConfig
+
+    def defines(self) -> dict[str, int | str]:
+        return {"OOM_RINGBUF_PAGES": self.config.ring_buffer.pages}
+
+    def configure(self, bpf: Any) -> None:
+        table = bpf[b"oom_config"]
+        leaf = table.Leaf()
+        leaf.wake_bytes = self.config.ring_buffer.wake_bytes
+        table[ctypes.c_int(0)] = leaf
+
+    def update_config(self, config: OomProbeConfig) -> bool:
+        if config.ring_buffer.pages != self.config.ring_buffer.pages:
+            return False  # the ring buffer's size is fixed at compile time
+        self.config = config
+        if self.bpf is not None:
+            self.configure(self.bpf)
+        return True
+
+    def read_kernel_drops(self) -> None:
+        """The drop map, plus victims seen by one of the two programs only."""
+        super().read_kernel_drops()
+        if self.bpf is not None:
+            unmatched = sum(int(v) for v in self.bpf[b"oom_unmatched"].getvalue(ctypes.c_int(0)))
+            self.counters.dropped_kernel += unmatched
+
+    def decode(self, record: bytes) -> Event:
+        if len(record) != RECORD.size:
+            raise DecodeError(f"record of {len(record)} bytes, expected {RECORD.size}")
+        (
+            ts,
+            cgroup_id,
+            start_time,
+            total_vm_kb,
+            anon_rss_kb,
+            file_rss_kb,
+            shmem_rss_kb,
+            pgtables_kb,
+            trigger_cgroup_id,
+            pid,
+            tid,
+            uid,
+            trigger_pid,
+            oom_score_adj,
+            _reserved,
+            comm,
+            trigger_comm,
+        ) = RECORD.struct.unpack_from(record)
+        to_wall = self.context.clock.to_wall_ns
+        attrs: dict[str, AttributeValue] = {
+            "process.pid": pid,
+            "thread.id": tid,
+            "process.executable.name": _comm(comm),
+            "process.real_user.id": uid,
+            "process.creation.time": rfc3339_ns(to_wall(start_time)),
+            "vigil.cgroup.id": cgroup_id,
+            "vigil.oom.total_vm": total_vm_kb * 1024,
+            "vigil.oom.anon_rss": anon_rss_kb * 1024,
+            "vigil.oom.file_rss": file_rss_kb * 1024,
+            "vigil.oom.shmem_rss": shmem_rss_kb * 1024,
+            "vigil.oom.pgtables": pgtables_kb * 1024,
+            "vigil.oom.score_adj": oom_score_adj,
+            "vigil.oom.trigger.pid": trigger_pid,
+            "vigil.oom.trigger.name": _comm(trigger_comm),
+            "vigil.oom.trigger.cgroup.id": trigger_cgroup_id,
+        }
+        return Event(KIND, to_wall(ts), attrs)
