@@ -131,8 +131,10 @@ def build_registry(
         logger.info("Accepted=%s (%s): %s", status, reason, message)
         publisher.request()
 
-    async def deleted(event: kopf.RawEvent, **_: Any) -> None:
-        if event["type"] == "DELETED":
+    async def listed_or_deleted(event: kopf.RawEvent, **_: Any) -> None:
+        # A (re-)list happens at start, after a peering pause and after a broken watch:
+        # exactly when deletions may have gone unseen.
+        if event["type"] in (None, "DELETED"):
             publisher.request()
 
     for plural in PLURALS:
@@ -140,5 +142,5 @@ def build_registry(
         kopf.on.resume(*resource, registry=registry, id="judge")(judge)
         kopf.on.create(*resource, registry=registry, id="judge")(judge)
         kopf.on.update(*resource, registry=registry, id="judge", field="spec")(judge)
-        kopf.on.event(*resource, registry=registry, id="deleted")(deleted)
+        kopf.on.event(*resource, registry=registry, id="listed_or_deleted")(listed_or_deleted)
     return registry
