@@ -18,34 +18,19 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.support.kubeapi import CustomResource, FakeKubeAPI
+from tests.support.kubeapi import ApiError, FakeKubeAPI, resource_from_crd
+from vigil.api.crd import all_crds
 from vigil.api.config import AgentConfig, Pipeline
-from vigil.api.policy import API_VERSION, GROUP, VERSION, parse_policy
+from vigil.api.policy import API_VERSION, GROUP, parse_policy
 from vigil.operator.reconcile import render, to_yaml
 from vigil.operator.running import serve
 from vigil.operator.settings import OperatorSettings
 
 T = TypeVar("T")
 
-RESOURCES = (
-    CustomResource(GROUP, VERSION, "probepolicies", "ProbePolicy", singular="probepolicy"),
-    CustomResource(
-        GROUP,
-        VERSION,
-        "clusterprobepolicies",
-        "ClusterProbePolicy",
-        namespaced=False,
-        singular="clusterprobepolicy",
-    ),
-    CustomResource(
-        "kopf.dev",
-        "v1",
-        "clusterkopfpeerings",
-        "ClusterKopfPeering",
-        namespaced=False,
-        has_status=False,
-    ),
-)
+# Served from the generated CRDs: every write (the operator's status patches included)
+# is checked against their schemas and CEL rules, as a real API server would.
+RESOURCES = tuple(resource_from_crd(crd) for crd in all_crds().values())
 OPERATOR_NS = "vigil"
 BASE = AgentConfig(pipeline=Pipeline(drain_interval_ms=20))
 
@@ -335,3 +320,15 @@ def replace_settings(settings: OperatorSettings, **changes: Any) -> OperatorSett
 def peer_status(api: FakeKubeAPI) -> dict[str, Any]:
     peering = api.get("kopf.dev/v1", "ClusterKopfPeering", None, "vigil")
     return dict((peering or {}).get("status") or {})
+
+
+def test_the_api_refuses_what_the_crd_forbids(api: FakeKubeAPI, operator: Operator) -> None:
+    # The CRD's own CEL rules, before the operator sees anything.
+    sneaky = policy("sneaky", namespaceSelector={"matchLabels": {"team": "b"}})
+    with pytest.raises(ApiError) as refused:
+        api.create(sneaky)
+    assert refused.value.code == 422
+    assert "selects pods of its own namespace only" in refused.value.message
+    twice = policy("twice", rules=[{"name": "a", "expression": "true"}] * 2)
+    with pytest.raises(ApiError, match="rule names must be unique"):
+        api.create(twice)
