@@ -13,10 +13,11 @@ Merging rules:
   endpoint) are kept; a parameter no policy sets keeps the base's value.
 - Selection: one AppliedPolicy per policy (sorted: cluster policies first, then by
   namespace and name), so each policy's filters and rules apply only to what it selects.
+- A parameter a policy leaves unset counts as the base's value for that policy.
 - process: the most detailed capture wins: argv is captured if any policy asks for it,
   the max of maxArgs and of maxArgBytes (characters per argument), and the base's
   redactions plus the union of every policy's (sorted).
-- Other probes' parameters, field by field over the policies that set it: the field's
+- Other probes' parameters, field by field over the policies: the field's
   `x-vigil-merge` hint ("max", "min", "union", "any", "all") if its settings model gives
   one, else by type: numbers take the max, booleans any-true, sequences the union;
   anything else takes the value of the first policy in the order above.
@@ -103,21 +104,22 @@ def _with(model: BaseModel, **changes: Any) -> BaseModel:
 def _merge_process(base: ProcessProbe, parameters: Sequence[BaseModel]) -> BaseModel:
     params = [p for p in parameters if isinstance(p, ProcessPolicy)]
     args = base.args
-    capture = [p.capture_args for p in params if p.capture_args is not None]
-    max_args = [p.max_args for p in params if p.max_args is not None]
-    max_arg_length = [p.max_arg_bytes for p in params if p.max_arg_bytes is not None]
     extra = sorted({pattern for p in params for pattern in p.redact} - set(args.redact))
     return _with(
         base,
         enabled=True,
         args=_with(
             args,
-            enabled=any(capture) if capture else args.enabled,
-            max_args=max(max_args) if max_args else args.max_args,
-            max_arg_length=max(max_arg_length) if max_arg_length else args.max_arg_length,
+            enabled=any(_own_or(p.capture_args, args.enabled) for p in params),
+            max_args=max(_own_or(p.max_args, args.max_args) for p in params),
+            max_arg_length=max(_own_or(p.max_arg_bytes, args.max_arg_length) for p in params),
             redact=(*args.redact, *extra),
         ),
     )
+
+
+def _own_or(value: Any, base: Any) -> Any:
+    return base if value is None else value
 
 
 def _merge_parameters(
@@ -125,9 +127,9 @@ def _merge_parameters(
 ) -> BaseModel:
     changes: dict[str, Any] = {"enabled": True}
     for field_name in type(parameters[0]).model_fields:
-        values = [getattr(p, field_name) for p in parameters]
-        values = [v for v in values if v is not None]
-        if values:
+        own = [getattr(p, field_name) for p in parameters]
+        if any(v is not None for v in own):
+            values = [_own_or(v, getattr(base, field_name)) for v in own]
             changes[field_name] = merge_values(values, settings.model_fields[field_name])
     return _with(base, **changes)
 

@@ -166,7 +166,7 @@ def test_valid_policy_is_accepted_and_rendered(api: FakeKubeAPI, operator: Opera
     text = config_text(api)
     assert text is not None
     assert "pin=(?P<value>\\d+)" in text
-    assert "startsWith(\"/tmp/\")" in text
+    assert 'startsWith("/tmp/")' in text
 
 
 def test_invalid_policy_is_rejected_and_left_out(api: FakeKubeAPI, operator: Operator) -> None:
