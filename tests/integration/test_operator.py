@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.support.kubeapi import ApiError, FakeKubeAPI, resource_from_crd
-from vigil.api.crd import all_crds
 from vigil.api.config import AgentConfig, Pipeline
+from vigil.api.crd import all_crds
 from vigil.api.policy import API_VERSION, GROUP, parse_policy
 from vigil.operator.reconcile import render, to_yaml
 from vigil.operator.running import serve
