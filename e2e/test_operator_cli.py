@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -115,3 +117,44 @@ def test_crds_check_passes_on_the_chart_and_fails_on_drift(tmp_path: Path) -> No
     printed = run("crds")
     kinds = [d["spec"]["names"]["kind"] for d in yaml.safe_load_all(printed.stdout)]
     assert kinds == ["ProbePolicy", "ClusterProbePolicy", "ClusterKopfPeering"]
+
+
+def test_run_reconciles_until_sigterm(tmp_path: Path) -> None:
+    from tests.support.kubeapi import FakeKubeAPI, resource_from_crd
+    from vigil.api.crd import all_crds
+
+    resources = [resource_from_crd(c) for c in all_crds().values()]
+    (tmp_path / "base.yaml").write_text("pipeline: {drainIntervalMs: 20}\n")
+    with FakeKubeAPI(resources, namespaces=("default", "vigil", "shop")) as api:
+        api.create(yaml.safe_load(WEB))
+        proc = subprocess.Popen(
+            [
+                *OPERATOR,
+                "run",
+                "--kubeconfig",
+                str(api.kubeconfig(tmp_path)),
+                "--namespace",
+                "vigil",
+                "--config-map",
+                "agents",
+                "--base",
+                str(tmp_path / "base.yaml"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while (cm := api.get("v1", "ConfigMap", "vigil", "agents")) is None:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "no ConfigMap written"
+                time.sleep(0.1)
+            config = parse_config(yaml.safe_load(cm["data"]["config.yaml"]))
+            assert [p.name for p in config.policies] == ["web"]
+            assert config.pipeline.drain_interval_ms == 20
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+        assert "writing ConfigMap vigil/agents (key config.yaml); standalone" in stderr

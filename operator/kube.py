@@ -41,7 +41,13 @@ def client_configuration(kubeconfig: Path | None) -> client.Configuration:
 
 
 def connection_info(configuration: client.Configuration, namespace: str) -> kopf.ConnectionInfo:
-    """The same credentials for kopf; `namespace` receives events of cluster-scoped objects."""
+    """The same credentials for kopf; `namespace` receives events of cluster-scoped objects.
+
+    kopf calls this again when the API answers 401: in-cluster tokens rotate, so the
+    client's refresh hook re-reads the mounted token first.
+    """
+    if configuration.refresh_api_key_hook is not None:
+        configuration.refresh_api_key_hook(configuration)
     token = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
     scheme = None
     if token and " " in token:

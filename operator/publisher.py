@@ -70,11 +70,11 @@ class ConfigPublisher:
                 continue
             self.writes += 1
             log.info(
-                "wrote ConfigMap %s/%s: %d accepted policies %s",
+                "wrote ConfigMap %s/%s: %d accepted policies%s",
                 s.namespace,
                 s.config_map,
                 len(refs),
-                ", ".join(refs),
+                "".join(f"; {ref}" for ref in refs),
             )
             return Published(True, refs, tuple(rejected))
         raise Conflict(f"ConfigMap {s.namespace}/{s.config_map} kept changing")
