@@ -187,7 +187,7 @@ def test_invalid_policy_is_rejected_and_left_out(api: FakeKubeAPI, operator: Ope
     # A publish after the invalid one was seen: a new valid policy arrives alone.
     api.create(copy.deepcopy(NODE))
     wait_for("the cluster policy", lambda: config_text(api) == expected(WEB, NODE))
-    assert accepted(api, NODE) is not None or wait_for("NODE", lambda: accepted(api, NODE))
+    assert wait_for("NODE accepted", lambda: accepted(api, NODE))["status"] == "True"
 
     # Fixing the broken policy makes it Accepted at generation 2 and renders it.
     fixed = api.get(API_VERSION, "ProbePolicy", "shop", "broken")
