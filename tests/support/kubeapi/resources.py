@@ -50,6 +50,9 @@ class ResourceType:
     # HTTP create of a resource with a status subresource): pods start Pending,
     # namespaces Active.
     initial_status: Mapping[str, Any] | None = None
+    # A CRD's openAPIV3Schema: writes that violate it (or its CEL rules) get 422, as
+    # on a real server (see ``admission.resource_from_crd``).
+    schema: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.singular:

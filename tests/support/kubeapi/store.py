@@ -236,6 +236,7 @@ class Store:
             meta["uid"] = kept.get("uid") or str(uuid.uuid4())
             meta["creationTimestamp"] = kept.get("creationTimestamp") or now_rfc3339()
             meta["generation"] = 1
+            self._admit(rtype, obj)
             rv = self._bump()
             meta["resourceVersion"] = str(rv)
             objects[key] = obj
@@ -515,12 +516,23 @@ class Store:
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         return new
 
+    def _admit(self, rtype: ResourceType, obj: JSON) -> None:
+        if rtype.schema is None:
+            return
+        from .admission import violations
+
+        problems = violations(rtype.schema, obj)
+        if problems:
+            name = obj.get("metadata", {}).get("name")
+            raise errors.invalid(rtype.group, rtype.plural, rtype.kind, name, ", ".join(problems))
+
     def _commit_update(self, rtype: ResourceType, old: JSON, new: JSON) -> JSON:
         if _without_rv(new) == _without_rv(old):
             # A no-op write changes nothing, bumps nothing and notifies nobody, as on a
             # real server (kopf relies on this to avoid feedback loops).
             return old
         meta = new["metadata"]
+        self._admit(rtype, new)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             # The last finalizer is gone: the deletion completes now. The DELETED event
             # carries the last stored state, as etcd's watch does.

@@ -1,0 +1,184 @@
+"""Policies -> one AgentConfig: the operator's whole decision, as a pure function.
+
+`render(policies, base)` is what the operator writes to the agents' ConfigMap and what
+`vigil-operator render` prints offline; the same inputs in any order give the same
+config, and `to_yaml` gives it byte-identical text.
+
+Merging rules:
+
+- No accepted policy: the base config stands as it is (its probes; no selection, so the
+  agent observes every process on the node, with no rules).
+- Probes: exactly the union of the probes the policies turn on; the others are off.
+  The node-level settings of the base (ring buffers, pipeline, enrichment, export
+  endpoint) are kept; a parameter no policy sets keeps the base's value.
+- Selection: one AppliedPolicy per policy (sorted: cluster policies first, then by
+  namespace and name), so each policy's filters and rules apply only to what it selects.
+- A parameter a policy leaves unset counts as the base's value for that policy.
+- process: the most detailed capture wins: argv is captured if any policy asks for it,
+  the max of maxArgs and of maxArgBytes (characters per argument), and the base's
+  redactions plus the union of every policy's (sorted).
+- Other probes' parameters, field by field over the policies: the field's
+  `x-vigil-merge` hint ("max", "min", "union", "any", "all") if its settings model gives
+  one, else by type: numbers take the max, booleans any-true, sequences the union;
+  anything else takes the value of the first policy in the order above.
+- Export: spans (metrics) are on if any policy asks for them, off if the policies that
+  say anything all say off, else the base's; span sampling is the highest asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from vigil.api.config import AgentConfig
+from vigil.api.policy import (
+    CLUSTER_KIND,
+    MERGE_KEY,
+    SETTINGS_MODELS,
+    ClusterProbePolicy,
+    ProbePolicy,
+    ProcessPolicy,
+    applied,
+    iter_parameters,
+)
+from vigil.api.probes.process import ProcessProbe
+
+Policy = ProbePolicy | ClusterProbePolicy
+HEADER = "# Rendered by vigil-operator from the accepted ProbePolicies: do not edit.\n"
+
+
+def policy_order(policy: Policy) -> tuple[bool, str, str]:
+    return (policy.kind != CLUSTER_KIND, policy.namespace or "", policy.metadata.name)
+
+
+def render(policies: Iterable[Policy], base: AgentConfig | None = None) -> AgentConfig:
+    """The AgentConfig that applies `policies` on top of the node-level `base`."""
+    base = base if base is not None else AgentConfig()
+    ordered = sorted(policies, key=policy_order)
+    if not ordered:
+        return base
+    probes: dict[str, Any] = {}
+    for name, settings in SETTINGS_MODELS.items():
+        current = getattr(base.probes, name)
+        parameters = [
+            params for p in ordered for probe, params in iter_parameters(p) if probe == name
+        ]
+        if not parameters:
+            probes[name] = _with(current, enabled=False)
+        elif name == "process":
+            assert isinstance(current, ProcessProbe)
+            probes[name] = _merge_process(current, parameters)
+        else:
+            probes[name] = _merge_parameters(current, parameters, settings)
+    return AgentConfig.model_validate(
+        {
+            **_fields(base),
+            "probes": type(base.probes).model_validate(probes),
+            "export": _merge_export(base, ordered),
+            "policies": tuple(applied(p) for p in ordered),
+        }
+    )
+
+
+def to_yaml(config: AgentConfig) -> str:
+    """Canonical text: defaults left out, keys sorted."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    data["version"] = config.version
+    return HEADER + yaml.safe_dump(data, sort_keys=True, width=100)
+
+
+def _fields(model: BaseModel) -> dict[str, Any]:
+    """A model's fields by name, values as they are (not dumped)."""
+    return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+def _with(model: BaseModel, **changes: Any) -> BaseModel:
+    # Validated, unlike model_copy(update=...).
+    return type(model).model_validate({**_fields(model), **changes})
+
+
+def _merge_process(base: ProcessProbe, parameters: Sequence[BaseModel]) -> BaseModel:
+    params = [p for p in parameters if isinstance(p, ProcessPolicy)]
+    args = base.args
+    extra = sorted({pattern for p in params for pattern in p.redact} - set(args.redact))
+    return _with(
+        base,
+        enabled=True,
+        args=_with(
+            args,
+            enabled=any(_own_or(p.capture_args, args.enabled) for p in params),
+            max_args=max(_own_or(p.max_args, args.max_args) for p in params),
+            max_arg_length=max(_own_or(p.max_arg_bytes, args.max_arg_length) for p in params),
+            redact=(*args.redact, *extra),
+        ),
+    )
+
+
+def _own_or(value: Any, base: Any) -> Any:
+    return base if value is None else value
+
+
+def _merge_parameters(
+    base: BaseModel, parameters: Sequence[BaseModel], settings: type[BaseModel]
+) -> BaseModel:
+    changes: dict[str, Any] = {"enabled": True}
+    for field_name in type(parameters[0]).model_fields:
+        own = [getattr(p, field_name) for p in parameters]
+        if any(v is not None for v in own):
+            values = [_own_or(v, getattr(base, field_name)) for v in own]
+            changes[field_name] = merge_values(values, settings.model_fields[field_name])
+    return _with(base, **changes)
+
+
+def merge_values(values: Sequence[Any], info: FieldInfo | None = None) -> Any:
+    """One value from what several policies ask for (see the module docstring)."""
+    extra = info.json_schema_extra if info is not None else None
+    hint = extra.get(MERGE_KEY) if isinstance(extra, dict) else None
+    first = values[0]
+    if hint is None:
+        if isinstance(first, bool):
+            hint = "any"
+        elif isinstance(first, (int, float)):
+            hint = "max"
+        elif isinstance(first, (tuple, list, frozenset, set)):
+            hint = "union"
+    if hint == "max":
+        return max(values)
+    if hint == "min":
+        return min(values)
+    if hint == "any":
+        return any(values)
+    if hint == "all":
+        return all(values)
+    if hint == "union":
+        return tuple(dict.fromkeys(item for value in values for item in value))
+    if isinstance(first, BaseModel) and all(type(v) is type(first) for v in values):
+        # Field by field, with the same rules.
+        return type(first).model_validate(
+            {
+                name: merge_values([getattr(v, name) for v in values], field)
+                for name, field in type(first).model_fields.items()
+            }
+        )
+    return first
+
+
+def _merge_export(base: AgentConfig, ordered: Sequence[Policy]) -> BaseModel:
+    export = base.export
+    asked = [p.spec.export for p in ordered]
+    spans = [e.spans for e in asked if e.spans is not None]
+    metrics = [e.metrics for e in asked if e.metrics is not None]
+    sampling = [e.sampling for e in asked if e.sampling is not None]
+    return _with(
+        export,
+        spans=_with(
+            export.spans,
+            enabled=any(spans) if spans else export.spans.enabled,
+            sampling_ratio=max(sampling) if sampling else export.spans.sampling_ratio,
+        ),
+        metrics=_with(export.metrics, enabled=any(metrics) if metrics else export.metrics.enabled),
+    )

@@ -1,0 +1,482 @@
+"""ProbePolicy and ClusterProbePolicy: what users write, validated the same everywhere.
+
+The operator validates with these models before accepting an object, `vigil-operator
+render` validates policy files with them offline, and vigil.api.crd generates the CRDs'
+OpenAPI schemas from them, so the three can never disagree.
+
+Probe parameters are built from each probe's settings model (vigil/api/probes/<name>.py)
+minus `enabled` and node-level resources (ring buffer sizes): a parameter added there
+appears here, in the CRD and in `render` without touching this module. Every parameter is
+optional; unset means "the node's setting" (the operator's base AgentConfig). How values
+of several policies merge is decided per field by the `x-vigil-merge` key of its
+json_schema_extra ("max", "min", "union", "any", "all"), else by type: numbers take the
+max, booleans any-true, sequences the union (see vigil.operator.reconcile).
+
+`process` has its own policy-level shape (captureArgs, maxArgs, maxArgBytes, redact),
+mapped onto ProcessProbe.args.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, Literal, get_args
+
+import cel
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
+
+from vigil.api.base import ApiModel
+from vigil.api.policies import AppliedPolicy, Filters, Rule
+from vigil.api.probes import Probes
+from vigil.api.probes.common import RingBuffer
+from vigil.api.probes.process import ArgumentCapture
+from vigil.api.selectors import LabelSelector
+
+GROUP = "vigil.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+NAMESPACED_KIND = "ProbePolicy"
+CLUSTER_KIND = "ClusterProbePolicy"
+MERGE_KEY = "x-vigil-merge"
+ACCEPTED = "Accepted"
+
+# Bounds that keep the CRD's CEL validations within the API server's cost budget.
+MAX_RULES = 64
+MAX_CONTAINERS = 64
+MAX_EXPRESSION_LENGTH = 4096
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class PolicyError(ValueError):
+    """An invalid policy: names the source, the object, the field path and the reason."""
+
+    def __init__(self, source: str, obj: str, problems: list[str]) -> None:
+        self.source = source
+        self.obj = obj
+        self.problems = problems
+        where = f"{source}: {obj}" if source else obj
+        super().__init__(f"{where}: {'; '.join(problems)}")
+
+
+# -- probe parameters -----------------------------------------------------------------
+
+
+def _field_of(model: type[BaseModel], name: str) -> Any:
+    """The annotation of `model.name` with its constraints (ge, le, ...) attached."""
+    info = model.model_fields[name]
+    if info.metadata:
+        return Annotated[(info.annotation, *info.metadata)]
+    return info.annotation
+
+
+class ProcessPolicy(ApiModel):
+    """Parameters of the `process` probe in a policy (mapped onto ProcessProbe.args)."""
+
+    capture_args: bool | None = Field(
+        None, description="capture argv of exec events; unset: the node's setting"
+    )
+    max_args: _field_of(ArgumentCapture, "max_args") | None = Field(  # type: ignore[valid-type]
+        None, description="arguments kept per exec; unset: the node's setting"
+    )
+    max_arg_bytes: _field_of(ArgumentCapture, "max_arg_length") | None = Field(  # type: ignore[valid-type]
+        None, description="characters kept per argument; unset: the node's setting"
+    )
+    redact: tuple[str, ...] = Field(
+        (),
+        max_length=64,
+        description="regexes over the space-joined command line, masked in addition to the "
+        "node's; the named group `value` (else the whole match) becomes REDACTED",
+    )
+
+    @field_validator("redact")
+    @classmethod
+    def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for index, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"redact[{index}] {pattern!r} is not a regex: {exc}") from None
+        return patterns
+
+
+def _is_node_level(info: FieldInfo) -> bool:
+    # Ring buffers are sized at compile time for the whole node: not a tenant's choice.
+    return RingBuffer in (info.annotation, *get_args(info.annotation))
+
+
+def _summary(model: type[BaseModel]) -> str:
+    doc = sys.modules[model.__module__].__doc__ or model.__doc__ or ""
+    return " ".join(doc.split())
+
+
+def _parameters_model(name: str, settings: type[ApiModel]) -> type[ApiModel]:
+    """The policy-side parameters of probe `name`: its settings minus `enabled`, optional."""
+    fields: dict[str, Any] = {}
+    for field_name, info in settings.model_fields.items():
+        if field_name == "enabled" or _is_node_level(info):
+            continue
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else None
+        fields[field_name] = (
+            _field_of(settings, field_name) | None,
+            Field(
+                None,
+                description=f"{info.description or field_name}; unset: the node's setting",
+                json_schema_extra=extra,
+            ),
+        )
+
+    def check_with_settings(self: ApiModel) -> ApiModel:
+        # The settings model's own validators (cross-field checks, regexes) apply too.
+        try:
+            settings.model_validate(self.model_dump(exclude_none=True))
+        except ValidationError as exc:
+            raise ValueError("; ".join(describe_errors(exc))) from None
+        return self
+
+    validators: dict[str, Any] = {
+        "_check_with_settings": model_validator(mode="after")(check_with_settings)
+    }
+    model: type[ApiModel] = create_model(
+        f"{to_camel(name)[:1].upper()}{to_camel(name)[1:]}Policy",
+        __base__=ApiModel,
+        __doc__=_summary(settings),
+        __validators__=validators,
+        **fields,
+    )
+    return model
+
+
+def _settings_models() -> dict[str, type[ApiModel]]:
+    models: dict[str, type[ApiModel]] = {}
+    for name, info in Probes.model_fields.items():
+        settings = info.annotation
+        assert isinstance(settings, type)
+        assert issubclass(settings, ApiModel)
+        models[name] = settings
+    return models
+
+
+SETTINGS_MODELS: Mapping[str, type[ApiModel]] = _settings_models()
+PARAMETER_MODELS: Mapping[str, type[ApiModel]] = {
+    name: ProcessPolicy if name == "process" else _parameters_model(name, settings)
+    for name, settings in SETTINGS_MODELS.items()
+}
+
+_probe_fields: dict[str, Any] = {
+    name: (model | None, Field(None, description=_summary(SETTINGS_MODELS[name])))
+    for name, model in PARAMETER_MODELS.items()
+}
+PolicyProbes: type[ApiModel] = create_model(
+    "PolicyProbes",
+    __base__=ApiModel,
+    __doc__="Probes this policy turns on (the key) with their parameters ({}: defaults); "
+    "unknown probe names are errors.",
+    **_probe_fields,
+)
+
+
+def requested_probes(probes: BaseModel) -> list[str]:
+    """Names of the probes a policy's `probes` mapping turns on, in Probes order."""
+    return [name for name in PARAMETER_MODELS if getattr(probes, name) is not None]
+
+
+# -- spec --------------------------------------------------------------------------------
+
+
+class PolicyRule(Rule):
+    """A rule whose CEL expression must compile."""
+
+    expression: str = Field(
+        min_length=1,
+        max_length=MAX_EXPRESSION_LENGTH,
+        description='CEL over `kind` and `attributes`, e.g. kind == "process.exec" && '
+        'attributes["process.executable.path"].startsWith("/tmp/")',
+    )
+
+    @field_validator("expression")
+    @classmethod
+    def _compiles(cls, expression: str) -> str:
+        try:
+            cel.compile(expression)
+        except ValueError as exc:
+            raise ValueError(f"not valid CEL: {cel_error(exc)}") from None
+        return expression
+
+
+def cel_error(exc: ValueError) -> str:
+    """The positions and reasons of a CEL compile error, on one line."""
+    found = re.findall(r"<input>:(\d+:\d+: [^\n]*)", str(exc))
+    return "; ".join(f"at {where}" for where in found) if found else " ".join(str(exc).split())
+
+
+class PolicyExport(ApiModel):
+    """What this policy asks of export; node-wide: on if any policy wants it."""
+
+    spans: bool | None = Field(
+        None, description="process and connection spans; unset: the node's setting"
+    )
+    metrics: bool | None = Field(None, description="metrics; unset: the node's setting")
+    sampling: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="share of process trees traced; the highest of all policies applies",
+    )
+
+
+_UNIQUE_RULE_NAMES: dict[str, Any] = {
+    "rule": "self.all(r, self.exists_one(s, s.name == r.name))",
+    "message": "rule names must be unique within a policy",
+}
+
+
+class ProbePolicySpec(ApiModel):
+    """Selects pods of the policy's own namespace and says what to observe in them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.namespaceSelector)",
+                    "message": "a ProbePolicy selects pods of its own namespace only; "
+                    "use a ClusterProbePolicy to select namespaces",
+                    "fieldPath": ".namespaceSelector",
+                }
+            ]
+        }
+    )
+
+    pod_selector: LabelSelector | None = Field(
+        None, description="pods by their labels; unset: every pod in scope"
+    )
+    containers: tuple[Annotated[str, Field(pattern=_DNS_LABEL, max_length=63)], ...] = Field(
+        (), max_length=MAX_CONTAINERS, description="container names; empty: all containers"
+    )
+    probes: PolicyProbes = Field(
+        description="probe name -> parameters, e.g. {process: {captureArgs: true}, tcp: {}}",
+        json_schema_extra={"minProperties": 1},
+    )
+    filters: Filters = Field(
+        Filters(), description="narrow the policy to executables or users (empty: no narrowing)"
+    )
+    rules: tuple[PolicyRule, ...] = Field(
+        (),
+        max_length=MAX_RULES,
+        description="CEL rules evaluated on the events of the selected pods",
+        json_schema_extra={"x-kubernetes-validations": [_UNIQUE_RULE_NAMES]},
+    )
+    export: PolicyExport = Field(PolicyExport(), description="export settings this policy asks for")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_namespace_selector(cls, data: Any) -> Any:
+        if cls is ProbePolicySpec and isinstance(data, dict) and "namespaceSelector" in data:
+            raise ValueError(
+                "namespaceSelector: a ProbePolicy selects pods of its own namespace only; "
+                "use a ClusterProbePolicy to select namespaces"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProbePolicySpec:
+        if not requested_probes(self.probes):
+            raise ValueError("probes: name at least one probe, e.g. {process: {}}")
+        seen: dict[str, int] = {}
+        for index, rule in enumerate(self.rules):
+            if rule.name in seen:
+                raise ValueError(
+                    f"rules[{index}].name: {rule.name!r} is already the name of "
+                    f"rules[{seen[rule.name]}]; rule names must be unique"
+                )
+            seen[rule.name] = index
+        return self
+
+
+class ClusterProbePolicySpec(ProbePolicySpec):
+    """Selects pods across namespaces; without any selector: every process on the node."""
+
+    model_config = ConfigDict(json_schema_extra={})
+
+    namespace_selector: LabelSelector | None = Field(
+        None, description="namespaces by their labels; unset: every namespace (and host processes)"
+    )
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+class Condition(ApiModel):
+    type: str = Field(max_length=316, description="e.g. Accepted")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase reason, e.g. Valid, InvalidSpec",
+    )
+    message: str = Field("", max_length=32768)
+    last_transition_time: str = Field(
+        description="when status last changed", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int | None = Field(None, ge=0)
+
+
+class PolicyStatus(ApiModel):
+    observed_generation: int | None = Field(
+        None, ge=0, description="the metadata.generation the operator last handled"
+    )
+    conditions: tuple[Condition, ...] = Field((), description="Accepted: valid and rendered")
+
+
+# -- objects -----------------------------------------------------------------------------
+
+
+class ObjectMeta(BaseModel):
+    """The metadata a policy needs; the rest (labels, annotations, ...) is ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel)
+
+    name: str = Field(max_length=253, pattern=_DNS_SUBDOMAIN)
+    namespace: str | None = Field(None, max_length=63, pattern=_DNS_LABEL)
+    generation: int | None = None
+    uid: str | None = None
+
+
+class ProbePolicy(ApiModel):
+    api_version: Literal["vigil.dev/v1alpha1"] = "vigil.dev/v1alpha1"
+    kind: Literal["ProbePolicy"] = "ProbePolicy"
+    metadata: ObjectMeta
+    spec: ProbePolicySpec
+
+    @property
+    def namespace(self) -> str | None:
+        return self.metadata.namespace
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.metadata.namespace}/{self.metadata.name}"
+
+
+class ClusterProbePolicy(ApiModel):
+    api_version: Literal["vigil.dev/v1alpha1"] = "vigil.dev/v1alpha1"
+    kind: Literal["ClusterProbePolicy"] = "ClusterProbePolicy"
+    metadata: ObjectMeta
+    spec: ClusterProbePolicySpec
+
+    @property
+    def namespace(self) -> str | None:
+        return None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.metadata.name}"
+
+
+Policy = ProbePolicy | ClusterProbePolicy
+KINDS: Mapping[str, type[ProbePolicy] | type[ClusterProbePolicy]] = {
+    NAMESPACED_KIND: ProbePolicy,
+    CLUSTER_KIND: ClusterProbePolicy,
+}
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """`spec.rules[0].expression: reason`, one line per problem, wire names."""
+    lines = []
+    for error in exc.errors():
+        path = ""
+        for part in error["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = _unknown_field(error["loc"])
+        nested = re.match(r"^([A-Za-z]\w*(?:\[\d+\])?(?:\.\w+)?): (.*)$", message)
+        if nested and path:
+            # A model validator names the field inside the model it checks.
+            path, message = f"{path}.{nested.group(1)}", nested.group(2)
+        lines.append(f"{path}: {message}" if path else message)
+    return lines
+
+
+def _unknown_field(loc: tuple[int | str, ...]) -> str:
+    aliases = {to_camel(name): name for name in PARAMETER_MODELS}
+    if len(loc) >= 2 and loc[-2] == "probes":
+        return f"unknown probe; the probes are {', '.join(aliases)}"
+    if len(loc) >= 3 and loc[-3] == "probes" and loc[-2] in aliases:
+        model = PARAMETER_MODELS[aliases[str(loc[-2])]]
+        known = [to_camel(name) for name in model.model_fields]
+        return f"unknown parameter; {loc[-2]} takes {', '.join(known) or 'no parameters'}"
+    return "unknown field"
+
+
+def object_ref(doc: Mapping[str, Any]) -> str:
+    """`Kind namespace/name` (or `Kind name`) of a raw object, as well as it can tell."""
+    kind = doc.get("kind") or "object"
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), Mapping) else {}
+    assert isinstance(meta, Mapping)
+    name = meta.get("name") or "(unnamed)"
+    namespace = meta.get("namespace")
+    if kind == NAMESPACED_KIND and namespace:
+        return f"{kind} {namespace}/{name}"
+    return f"{kind} {name}"
+
+
+def parse_policy(
+    doc: object, *, source: str = "", default_namespace: str = "default"
+) -> ProbePolicy | ClusterProbePolicy:
+    """Validate one raw object (from YAML or the API; status is ignored)."""
+    if not isinstance(doc, Mapping):
+        raise PolicyError(source, "document", ["not a mapping (a Kubernetes object)"])
+    ref = object_ref(doc)
+    if doc.get("apiVersion") != API_VERSION:
+        raise PolicyError(source, ref, [f"apiVersion: must be {API_VERSION}"])
+    kind = doc.get("kind")
+    model = KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise PolicyError(source, ref, [f"kind: must be one of {', '.join(KINDS)}"])
+    body = {k: v for k, v in doc.items() if k != "status"}
+    meta = dict(body.get("metadata") or {}) if isinstance(body.get("metadata"), Mapping) else None
+    if meta is not None:
+        if model is ProbePolicy and not meta.get("namespace"):
+            meta["namespace"] = default_namespace
+        elif model is ClusterProbePolicy and meta.get("namespace"):
+            raise PolicyError(
+                source, ref, ["metadata.namespace: a ClusterProbePolicy is cluster-scoped"]
+            )
+        body["metadata"] = meta
+    try:
+        policy = model.model_validate(body)
+    except ValidationError as exc:
+        raise PolicyError(source, object_ref(body), describe_errors(exc)) from None
+    return policy
+
+
+def applied(policy: ProbePolicy | ClusterProbePolicy) -> AppliedPolicy:
+    """What the agent applies for one accepted policy (its selection, filters, rules)."""
+    spec = policy.spec
+    return AppliedPolicy(
+        name=policy.metadata.name,
+        namespace=policy.namespace,
+        pod_selector=spec.pod_selector,
+        namespace_selector=getattr(spec, "namespace_selector", None),
+        containers=tuple(sorted(set(spec.containers))),
+        probes=tuple(requested_probes(spec.probes)),
+        filters=spec.filters,
+        rules=tuple(Rule.model_validate(rule.model_dump()) for rule in spec.rules),
+    )
+
+
+def iter_parameters(policy: ProbePolicy | ClusterProbePolicy) -> Iterator[tuple[str, BaseModel]]:
+    """(probe name, parameters) for each probe the policy turns on."""
+    for name in requested_probes(policy.spec.probes):
+        yield name, getattr(policy.spec.probes, name)
