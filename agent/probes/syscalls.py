@@ -118,6 +118,7 @@ class SyscallsProbe(Probe):
     def __init__(self, context: ProbeContext, config: SyscallsProbeConfig) -> None:
         super().__init__(context, config)
         self._set: dict[int, int] = {}  # what syscalls_set holds now (id -> value), nonzero only
+        self._set_in: Any = None  # the module whose syscalls_set that is
         self._cpus = possible_cpus()
 
     def defines(self) -> dict[str, int | str]:
@@ -128,9 +129,9 @@ class SyscallsProbe(Probe):
 
     # -- configuration ---------------------------------------------------------
 
-    def wanted_set(self, config: SyscallsProbeConfig | None = None) -> dict[int, int]:
+    def wanted_set(self) -> dict[int, int]:
         """syscall id -> its syscalls_set value: the slow threshold in ns, or NEVER_SLOW."""
-        config = config or self.config
+        config = self.config
         threshold = config.slow.threshold_ns
         excluded = set(config.slow.exclude)
         return {
@@ -146,12 +147,13 @@ class SyscallsProbe(Probe):
         table[ctypes.c_int(0)] = leaf
 
         wanted = self.wanted_set()
+        written = self._set if bpf is self._set_in else {}  # a new module's map is all zero
         syscalls_set = bpf[b"syscalls_set"]
-        for nr in set(self._set) | set(wanted):
+        for nr in set(written) | set(wanted):
             value = wanted.get(nr, NOT_TRACED)
-            if self._set.get(nr, NOT_TRACED) != value:
+            if written.get(nr, NOT_TRACED) != value:
                 syscalls_set[ctypes.c_int(nr)] = ctypes.c_uint64(value)
-        self._set = wanted
+        self._set, self._set_in = wanted, bpf
 
     def update_config(self, config: SyscallsProbeConfig) -> bool:
         if (

@@ -1,4 +1,4 @@
-"""x86_64 syscall ids -> names, as the kernel's tracepoints and strace name them.
+"""x86_64 syscall ids -> names, as the kernel's syscall table (and strace) names them.
 
 Checked in rather than read at run time: nodes carry no kernel headers, and
 the settings (shared with the operator) validate names without touching the
