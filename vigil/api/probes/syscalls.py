@@ -1,10 +1,11 @@
 """Settings of the `syscalls` probe: per-cgroup syscall counts, errors and latency.
 
 Opt-in: attaching to raw_syscalls:sys_enter/sys_exit taxes EVERY syscall of
-every task on the node, ~190 ns each even with empty programs (a getppid
-storm runs ~2x slower). Syscalls outside the configured set cost only an
-array lookup on top of that; the set lives in a BPF map, so changing it (or
-the slow threshold) needs no recompile.
+every task on the node, even with empty programs (+25 to +190 ns per syscall
+on the machines measured; bcc's syscount made a getppid storm ~2x slower).
+Syscalls outside the configured set cost only an array lookup on top of
+that; the set lives in a BPF map, so changing it (or the slow threshold)
+needs no recompile.
 """
 
 from __future__ import annotations
@@ -106,14 +107,14 @@ class SlowSyscalls(ApiModel):
 class SyscallsProbe(ApiModel):
     """raw_syscalls:sys_enter/sys_exit, aggregated per cgroup in the kernel.
 
-    OPT-IN: enabling it taxes every syscall on the node (~190 ns each here,
-    even for syscalls outside the set; a getppid storm runs ~2x slower).
+    OPT-IN: enabling it taxes every syscall on the node, even those outside
+    the set (+25 to +190 ns each on the machines measured).
     """
 
     enabled: bool = Field(
         False,
-        description="opt-in: the syscall tracepoints tax every syscall on the node "
-        "(~190 ns each, even outside the set)",
+        description="opt-in: the syscall tracepoints tax every syscall on the node, "
+        "even outside the set (+25 to +190 ns each on the machines measured)",
     )
     syscalls: tuple[str, ...] = Field(
         DEFAULT_SYSCALLS,
