@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -31,6 +32,17 @@ def _vigil_prog_ids() -> set[int]:
         for prog in _bpftool("prog", "show")
         if str(prog.get("name", "")).startswith("vigil_")
     }
+
+
+def _prog_ids_held_by(pid: int) -> set[int]:
+    """BPF programs a process holds open (its fds' fdinfo names them)."""
+    ids = set()
+    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            for line in fdinfo.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids & _vigil_prog_ids()
 
 
 def _wait_for_stderr(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:
@@ -73,7 +85,7 @@ def test_run_json_until_sigint_then_nothing_stays_loaded() -> None:
     )
     try:
         _wait_for_stderr(proc, b"ready", timeout=30)
-        loaded = _vigil_prog_ids()
+        loaded = _prog_ids_held_by(proc.pid)  # not other agents on a shared machine
         # process: fork, exec, exit, free; cgroups (enrichment): mkdir, rmdir
         assert len(loaded) == 6
         child = subprocess.run(["/bin/echo", marker], capture_output=True, check=True)

@@ -1,0 +1,183 @@
+/* syscalls: per cgroup and syscall, call counts, errors and a log2 latency
+ * histogram aggregated in the kernel; calls slower than a threshold stream as
+ * records.
+ *
+ *   raw_syscalls:sys_enter (raw)  args[1] is the syscall id: one array lookup
+ *                                 decides whether it is traced at all, then
+ *                                 the start goes to task storage
+ *   raw_syscalls:sys_exit (raw)   args[1] is the return value; the id and
+ *                                 start come from task storage (no pt_regs
+ *                                 read): a task without a traced syscall in
+ *                                 flight pays one storage lookup
+ *
+ * Enabling these tracepoints puts every syscall of every task on the
+ * tracing slow path (~190 ns each here even with empty programs): the probe
+ * is opt-in. Everything after the id check costs only traced syscalls.
+ */
+#include "vigil.h"
+
+/* x86_64 syscall ids are below this; x32 ids (bit 30 set) and -1 are ignored. */
+#define SYSCALLS_IDS 512
+
+#ifndef SYSCALLS_RINGBUF_PAGES
+#define SYSCALLS_RINGBUF_PAGES 64
+#endif
+#ifndef SYSCALLS_STATS_MAX
+#define SYSCALLS_STATS_MAX 8192
+#endif
+
+/* syscalls_set[id]: 0 = not traced; else the call is counted and, when it
+ * takes at least that many ns, streamed (~0: never). Written by the agent. */
+BPF_ARRAY(syscalls_set, u64, SYSCALLS_IDS);
+
+struct syscalls_config {
+    u64 wake_bytes; /* wake the reader once this much data is waiting */
+};
+BPF_ARRAY(syscalls_config, struct syscalls_config, 1);
+
+/* The traced syscall a task is in. Task storage, not a per-CPU slot: a task
+ * may sleep in a syscall and return on another CPU. Freed with the task. */
+struct syscalls_start {
+    u64 ts;        /* bpf_ktime_get_ns() at entry; 0: nothing in flight */
+    u64 cgroup_id; /* at entry */
+    u64 slow_ns;   /* syscalls_set[id] at entry */
+    u32 id;
+    u32 reserved;
+};
+BPF_TASK_STORAGE(syscalls_start, struct syscalls_start);
+
+struct syscalls_key {
+    u64 cgroup_id;
+    u32 id;
+    u32 reserved;
+};
+
+/* Per CPU (no atomics on the hot path); the agent sums the CPUs. Slots as in
+ * vigil_log2_slot(): OpenTelemetry explicit buckets with bounds 2^k ns. */
+struct syscalls_stats {
+    u64 count;
+    u64 errors; /* returned -4095..-1 */
+    u64 sum_ns;
+    u64 slots[VIGIL_LOG2_SLOTS];
+};
+/* Not preallocated: memory follows the pairs in use, not max entries x CPUs. */
+BPF_F_TABLE("percpu_hash", struct syscalls_key, struct syscalls_stats, syscalls_stats,
+            SYSCALLS_STATS_MAX, BPF_F_NO_PREALLOC);
+/* The zeroed value new entries start from (too big for the BPF stack). */
+BPF_PERCPU_ARRAY(syscalls_zero, struct syscalls_stats, 1);
+
+/* One slow syscall. The agent's decoder is checked against this layout by
+ * a test (tests/integration/test_syscalls_probe.py). */
+struct syscalls_record {
+    u64 ts;          /* exit, CLOCK_MONOTONIC */
+    u64 cgroup_id;
+    u64 duration_ns;
+    s64 ret;         /* the raw return value: -errno on failure */
+    u32 pid;         /* tgid */
+    u32 tid;
+    u32 id;          /* syscall id */
+    u32 reserved;
+    char comm[VIGIL_COMM_LEN];        /* the thread's */
+    char leader_comm[VIGIL_COMM_LEN]; /* the process's (its main thread) */
+};
+
+BPF_RINGBUF_OUTPUT(syscalls_events, SYSCALLS_RINGBUF_PAGES);
+VIGIL_DROP_COUNTERS(syscalls_drops);
+
+int vigil_syscalls_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 id = ctx->args[1];
+    u32 index;
+    u64 *slow_ns, cgroup_id;
+    struct syscalls_start *start;
+
+    if (id >= SYSCALLS_IDS)
+        return 0;
+    index = id;
+    slow_ns = syscalls_set.lookup(&index);
+    if (!slow_ns || !*slow_ns)
+        return 0; /* the common case: not in the set */
+
+    cgroup_id = bpf_get_current_cgroup_id();
+    if (!vigil_selected(cgroup_id))
+        return 0;
+    start = syscalls_start.task_storage_get(bpf_get_current_task_btf(), 0,
+                                            BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!start) {
+        syscalls_drops.increment(VIGIL_DROP_MAP_FULL);
+        return 0;
+    }
+    start->cgroup_id = cgroup_id;
+    start->slow_ns = *slow_ns;
+    start->id = index;
+    start->ts = bpf_ktime_get_ns();
+    return 0;
+}
+
+static __always_inline void syscalls_emit(struct syscalls_start *start, u64 now,
+                                          u64 duration, s64 ret)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct task_struct *leader = 0;
+    struct syscalls_record rec = {};
+    struct syscalls_config *cfg;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    int zero = 0;
+
+    rec.ts = now;
+    rec.cgroup_id = start->cgroup_id;
+    rec.duration_ns = duration;
+    rec.ret = ret;
+    rec.pid = pid_tgid >> 32;
+    rec.tid = (u32)pid_tgid;
+    rec.id = start->id;
+    bpf_get_current_comm(rec.comm, sizeof(rec.comm));
+    VIGIL_READ(leader, task, task_struct__group_leader);
+    VIGIL_READ(rec.leader_comm, leader, task_struct__comm);
+
+    cfg = syscalls_config.lookup(&zero);
+    if (syscalls_events.ringbuf_output(&rec, sizeof(rec), cfg ? cfg->wake_bytes : 0) < 0)
+        syscalls_drops.increment(VIGIL_DROP_RINGBUF);
+}
+
+int vigil_syscalls_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct syscalls_start *start;
+    struct syscalls_stats *stats;
+    struct syscalls_key key = {};
+    s64 ret = (s64)ctx->args[1];
+    u64 now, duration;
+    u32 slot;
+    int zero = 0;
+
+    start = syscalls_start.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (!start || !start->ts)
+        return 0; /* no traced syscall in flight (or it began before attach) */
+    now = bpf_ktime_get_ns();
+    duration = now - start->ts;
+    start->ts = 0;
+
+    key.cgroup_id = start->cgroup_id;
+    key.id = start->id;
+    stats = syscalls_stats.lookup(&key);
+    if (!stats) {
+        struct syscalls_stats *initial = syscalls_zero.lookup(&zero);
+        if (initial)
+            stats = syscalls_stats.lookup_or_try_init(&key, initial);
+    }
+    if (stats) {
+        stats->count++;
+        if (ret < 0 && ret >= -4095)
+            stats->errors++;
+        stats->sum_ns += duration;
+        slot = vigil_log2_slot(duration);
+        if (slot < VIGIL_LOG2_SLOTS)
+            stats->slots[slot]++;
+    } else {
+        syscalls_drops.increment(VIGIL_DROP_MAP_FULL);
+    }
+
+    if (duration >= start->slow_ns)
+        syscalls_emit(start, now, duration, ret);
+    return 0;
+}
