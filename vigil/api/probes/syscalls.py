@@ -87,6 +87,8 @@ class SlowSyscalls(ApiModel):
         100.0,
         gt=0,
         description="stream calls taking at least this long; null: stream none",
+        # Across policies the lowest threshold is the most detailed capture.
+        json_schema_extra={"x-vigil-merge": "min"},
     )
     exclude: tuple[str, ...] = Field(
         DEFAULT_SLOW_EXCLUDE,
