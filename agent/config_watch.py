@@ -127,12 +127,14 @@ class ConfigWatcher:
         baseline: str | None = None,
         poll_seconds: float = 1.0,
         settle_seconds: float = 0.02,
+        use_inotify: bool = True,
     ) -> None:
         self.path = Path(path)
         self._apply = apply
         self._last = baseline
         self._poll_seconds = poll_seconds
         self._settle_seconds = settle_seconds
+        self._use_inotify = use_inotify
         self._stop_read, self._stop_write = os.pipe()
         self._thread: threading.Thread | None = None
         self._inotify: _Inotify | None = None
@@ -147,8 +149,9 @@ class ConfigWatcher:
         if self._thread is not None:
             raise RuntimeError("ConfigWatcher already started")
         try:
-            self._inotify = _Inotify()
-            self._watch_directories()
+            if self._use_inotify:
+                self._inotify = _Inotify()
+                self._watch_directories()
         except OSError as exc:
             log.info(
                 "config %s: inotify unavailable (%s); polling every %.1fs",
@@ -224,6 +227,8 @@ class ConfigWatcher:
             if again == text:
                 break
             text = again
+        if text == self._last:
+            return False  # back to what is in force (e.g. truncated, then rewritten)
         self._last = text
         if self._inotify is not None:
             try:
