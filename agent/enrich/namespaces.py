@@ -70,6 +70,10 @@ class NamespaceCache:
     def __len__(self) -> int:
         return len(self._labels)
 
+    def refresh(self) -> None:
+        """List again now (rate-limited), e.g. when a namespace is known to have changed."""
+        self._wake.set()
+
     # -- writer side -----------------------------------------------------------------
 
     def replace_all(self, namespaces: Iterable[Mapping[str, Any]]) -> bool:
