@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import cel
 
@@ -88,30 +88,68 @@ def _called_names(expression: str) -> set[str]:
     }
 
 
-@dataclass(frozen=True, slots=True)
+# One rule's result on some inputs: True (match), False, or why it failed.
+Outcome = bool | str
+_ABSENT = object()
+MEMO_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Group:
+    """Rules of a plan that read the same attribute keys, with their remembered outcomes."""
+
+    keys: tuple[str, ...] | None  # sorted; None: the whole map (never remembered)
+    indices: tuple[int, ...]  # positions in Plan.rules
+    rules: tuple[CompiledRule, ...]
+    memo: dict[tuple[object, ...], tuple[Outcome, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Plan:
-    """The rules to run for one (policies, kind) and the attribute keys they read."""
+    """The rules to run for one (policies, kind), grouped by the attribute keys they read.
+
+    CEL is pure: the same inputs give the same results. A group's outcomes are
+    remembered by the values of its keys (bounded; cleared when full), so a
+    binary that runs again in the same pod costs a tuple and a dict lookup
+    per group instead of a CEL context. Only the groups not remembered are
+    evaluated, through one context holding just the keys they read.
+    """
 
     rules: tuple[CompiledRule, ...]
-    keys: frozenset[str] | None  # None: the whole map
+    groups: tuple[_Group, ...]
 
     @classmethod
     def of(cls, rules: Sequence[CompiledRule], kind: str) -> Plan:
         chosen = tuple(r for r in rules if r.kinds is None or kind in r.kinds)
-        keys: frozenset[str] | None = frozenset()
-        for rule in chosen:
-            keys = None if keys is None or rule.keys is None else keys | rule.keys
-        return cls(chosen, keys)
+        by_keys: dict[tuple[str, ...] | None, list[int]] = {}
+        for index, rule in enumerate(chosen):
+            keys = tuple(sorted(rule.keys)) if rule.keys is not None else None
+            by_keys.setdefault(keys, []).append(index)
+        groups = tuple(
+            _Group(keys, tuple(indices), tuple(chosen[i] for i in indices))
+            for keys, indices in by_keys.items()
+        )
+        return cls(chosen, groups)
 
 
-NO_RULES = Plan((), frozenset())
+NO_RULES = Plan((), ())
+
+
+def _memo_key(attrs: dict[str, AttributeValue], keys: tuple[str, ...]) -> tuple[object, ...]:
+    # The type is part of the key: True == 1 in Python, not in CEL.
+    key: list[object] = []
+    for name in keys:
+        value = attrs.get(name, _ABSENT)
+        key.append((list, tuple(value)) if isinstance(value, list) else (type(value), value))
+    return tuple(key)
 
 
 @dataclass(slots=True)
 class RuleCounters:
-    evaluations: int = 0  # rule runs (after the kind shortcut)
+    evaluations: int = 0  # rule runs (after the kind shortcut), remembered ones included
     matches: int = 0  # rule.match events emitted
     errors: int = 0  # runs that failed or did not return a boolean
+    cached: int = 0  # of the evaluations: answered from a plan's memo
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -127,24 +165,66 @@ class RuleRunner:
     def run(self, event: Event, plan: Plan, out: list[Event]) -> None:
         """Evaluate `plan` on `event`, appending a rule.match event per rule that holds."""
         attrs = event.attributes
-        keys = plan.keys
-        visible = attrs if keys is None else {k: attrs[k] for k in keys if k in attrs}
-        context = cel.Context(variables={"kind": event.kind, "attributes": visible})
         counters = self.counters
-        for rule in plan.rules:
-            counters.evaluations += 1
-            try:
-                result = rule.program.execute(context)
-            except Exception as exc:
-                counters.errors += 1
-                self._warn(rule, event, f"{type(exc).__name__}: {exc}")
+        outcomes: list[Outcome] = [False] * len(plan.rules)
+        pending: list[tuple[_Group, tuple[object, ...] | None]] = []
+        for group in plan.groups:
+            if group.keys is None:
+                pending.append((group, None))
                 continue
-            if result is True:
+            try:
+                memo_key: tuple[object, ...] | None = _memo_key(attrs, group.keys)
+                known = group.memo.get(memo_key)  # type: ignore[arg-type]
+            except TypeError:  # an unhashable value: evaluate, do not remember
+                memo_key, known = None, None
+            if known is None:
+                pending.append((group, memo_key))
+                continue
+            counters.cached += len(known)
+            for index, outcome in zip(group.indices, known, strict=True):
+                outcomes[index] = outcome
+        if pending:
+            self._evaluate(event.kind, attrs, pending, outcomes)
+        counters.evaluations += len(outcomes)
+        for rule, outcome in zip(plan.rules, outcomes, strict=True):
+            if outcome is True:
                 counters.matches += 1
                 out.append(match_event(rule, event))
-            elif result is not False:
+            elif outcome is not False:
                 counters.errors += 1
-                self._warn(rule, event, f"returned {result!r}, not a boolean")
+                self._warn(rule, event, outcome)
+
+    @staticmethod
+    def _evaluate(
+        kind: str,
+        attrs: dict[str, AttributeValue],
+        pending: list[tuple[_Group, tuple[object, ...] | None]],
+        outcomes: list[Outcome],
+    ) -> None:
+        """Run the pending groups through one CEL context holding only the keys they read."""
+        wanted: set[str] | None = set()
+        for group, _ in pending:
+            wanted = None if wanted is None or group.keys is None else wanted.union(group.keys)
+        visible = attrs if wanted is None else {k: attrs[k] for k in wanted if k in attrs}
+        context = cel.Context(variables={"kind": kind, "attributes": visible})
+        for group, memo_key in pending:
+            results: list[Outcome] = []
+            for rule in group.rules:
+                try:
+                    result = rule.program.execute(context)
+                except Exception as exc:
+                    results.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                if result is True or result is False:
+                    results.append(result)
+                else:
+                    results.append(f"returned {result!r}, not a boolean")
+            for index, outcome in zip(group.indices, results, strict=True):
+                outcomes[index] = outcome
+            if memo_key is not None:
+                if len(group.memo) >= MEMO_LIMIT:
+                    group.memo.clear()
+                group.memo[memo_key] = tuple(results)
 
     def _warn(self, rule: CompiledRule, event: Event, reason: str) -> None:
         if id(rule) in self._warned:

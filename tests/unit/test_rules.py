@@ -78,7 +78,7 @@ def test_match_event_carries_the_event_and_the_rule() -> None:
         "vigil.rule.policy": "shop/web",
         "vigil.rule.event_kind": "process.exec",
     }
-    assert runner.counters.as_dict() == {"evaluations": 2, "matches": 1, "errors": 0}
+    assert runner.counters.as_dict() == {"evaluations": 2, "matches": 1, "errors": 0, "cached": 0}
 
 
 def test_errors_are_counted_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -95,26 +95,52 @@ def test_errors_are_counted_and_warned_once(caplog: pytest.LogCaptureFixture) ->
         for _ in range(3):
             runner.run(_exec(), plan, out)
     assert out == []
-    assert runner.counters.as_dict() == {"evaluations": 6, "matches": 0, "errors": 6}
+    # Same inputs: the second and third runs are remembered, and still counted.
+    assert runner.counters.as_dict() == {"evaluations": 6, "matches": 0, "errors": 6, "cached": 4}
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2
     assert "rule 'pod' of policy p failed on a process.exec event: KeyError" in warnings[0]
     assert "returned 43, not a boolean" in warnings[1]
 
 
-def test_plan_skips_rules_of_other_kinds_and_reads_only_their_keys() -> None:
+def test_plan_skips_rules_of_other_kinds_and_groups_them_by_keys() -> None:
     exec_rule = compile_rule(
         _rule('kind == "process.exec" && attributes["a"] == 1'), policy="p", field="f"
     )
     exit_rule = compile_rule(
         _rule('kind == "process.exit" && attributes["b"] == 1'), policy="p", field="f"
     )
-    any_rule = compile_rule(_rule('"c" in attributes'), policy="p", field="f")
-    plan = Plan.of([exec_rule, exit_rule, any_rule], "process.exec")
-    assert plan.rules == (exec_rule, any_rule)
-    assert plan.keys == frozenset({"a", "c"})
+    any_rule = compile_rule(
+        _rule('"c" in attributes && attributes["a"] > 0'), policy="p", field="f"
+    )
+    same_keys = compile_rule(_rule('attributes["a"] == 2'), policy="p", field="f")
     whole = compile_rule(_rule("size(attributes) > 1"), policy="p", field="f")
-    assert Plan.of([exec_rule, whole], "process.exec").keys is None
+    plan = Plan.of([exec_rule, exit_rule, any_rule, same_keys, whole], "process.exec")
+    assert plan.rules == (exec_rule, any_rule, same_keys, whole)
+    assert [(g.keys, g.indices) for g in plan.groups] == [
+        (("a",), (0, 2)),
+        (("a", "c"), (1,)),
+        (None, (3,)),
+    ]
+
+
+def test_only_groups_not_remembered_are_evaluated() -> None:
+    by_path = compile_rule(_rule('attributes["p"] == "/tmp/x"', name="path"), policy="p", field="f")
+    by_args = compile_rule(_rule('"-e" in attributes["args"]', name="args"), policy="p", field="f")
+    plan = Plan.of([by_path, by_args], "process.exec")
+    runner = RuleRunner()
+    out: list[Event] = []
+    for args in (["-e"], ["-x"], ["-e"]):
+        runner.run(Event("process.exec", 1, {"p": "/tmp/x", "args": args, "n": 1}), plan, out)
+    assert [(m.attributes["vigil.rule.name"], m.attributes["args"]) for m in out] == [
+        ("path", ["-e"]),
+        ("args", ["-e"]),
+        ("path", ["-x"]),
+        ("path", ["-e"]),
+        ("args", ["-e"]),
+    ]
+    # The path group is remembered from the second event on, the args group on the third.
+    assert runner.counters.as_dict() == {"evaluations": 6, "matches": 5, "errors": 0, "cached": 3}
 
 
 def test_policy_names_and_scope() -> None:
@@ -127,3 +153,16 @@ def test_policy_names_and_scope() -> None:
     assert [p.name for p in policies.policies] == ["all", "shop/web"]
     assert policies.covers_everything
     assert [p.covers_everything for p in policies.policies] == [True, False]
+
+
+def test_memo_tells_booleans_from_integers() -> None:
+    rule = compile_rule(_rule('attributes["x"] == 1'), policy="p", field="f")
+    runner = RuleRunner()
+    plan = Plan.of([rule], "process.exec")
+    out: list[Event] = []
+    for value in (True, 1, True, 1, 1.0):
+        runner.run(Event("process.exec", 1, {"x": value}), plan, out)
+    assert [m.attributes["x"] for m in out] == [1, 1, 1.0]  # CEL: true != 1, 1.0 == 1
+    assert runner.counters.as_dict() == {"evaluations": 5, "matches": 3, "errors": 0, "cached": 2}
+    runner.run(Event("process.exec", 1, {"y": 1}), plan, out)  # absent differs from any value
+    assert runner.counters.errors == 1
