@@ -51,7 +51,12 @@ class KernelSelection:
         self._verdicts: dict[int, int] = {}  # what every module's map holds
         self._generation: tuple[int, int, int] | None = None
         self._dirty = False
-        self.counters: dict[str, int] = {"syncs": 0, "writes": 0, "write_errors": 0}
+        self.counters: dict[str, int] = {
+            "syncs": 0,
+            "sync_errors": 0,
+            "writes": 0,
+            "write_errors": 0,
+        }
 
     @property
     def mode(self) -> int:
@@ -80,15 +85,25 @@ class KernelSelection:
             self._modules = [module for module in self._modules if module is not bpf]
 
     def sync(self) -> None:
-        """Recompute the verdicts when anything they depend on moved; write the differences."""
+        """Recompute the verdicts when anything they depend on moved; write the differences.
+
+        Never raises (it runs on the pipeline's tick): a failure is logged once,
+        counted, and retried on the next tick.
+        """
         with self._lock:
             generation = self._resolver.generation()
             if not self._dirty and generation == self._generation:
                 return
+            try:
+                mode, verdicts = self._desired()
+                self._apply(mode, verdicts)
+            except Exception:
+                self.counters["sync_errors"] += 1
+                if self.counters["sync_errors"] == 1:
+                    log.exception("updating the in-kernel selection failed; retrying")
+                return
             self._dirty = False
             self._generation = generation
-            mode, verdicts = self._desired()
-            self._apply(mode, verdicts)
             self.counters["syncs"] += 1
 
     def _desired(self) -> tuple[int, dict[int, int]]:

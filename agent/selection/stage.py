@@ -17,6 +17,7 @@ pipeline thread never sees half of one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 
 from vigil.agent.enrich.processes import ProcessTable
@@ -26,6 +27,8 @@ from vigil.agent.selection.kernel import KernelSelection
 from vigil.agent.selection.policies import CompiledPolicy, PolicySet, match_subject
 from vigil.agent.selection.subjects import SubjectResolver
 from vigil.api.events import AttributeValue
+
+log = logging.getLogger(__name__)
 
 CGROUP_ID = "vigil.cgroup.id"
 POLICY_NAMES = "vigil.policy.names"
@@ -43,6 +46,7 @@ class SelectionCounters:
     kept: int = 0  # events some policy selected
     dropped: int = 0  # events no policy selected
     unresolved: int = 0  # of the dropped: a policy could not tell (pod metadata missing)
+    errors: int = 0  # events dropped because judging them failed (a bug: logged once)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -122,21 +126,29 @@ class PolicyStage:
         counters = self.counters
         out: list[Event] = []
         for event in events:
-            attrs = event.attributes
-            cgroup_id = attrs.get(CGROUP_ID)
-            key = cgroup_id if isinstance(cgroup_id, int) else None
-            verdict = by_cgroup.get(key)
-            if verdict is None:
-                matched, undecided = match_subject(
-                    policies, resolver.subject(key), resolver.namespace_labels
-                )
-                verdict = (matched, undecided, any(p.has_filters for p in matched))
-                if len(by_cgroup) >= _CACHE_LIMIT:
-                    by_cgroup.clear()
-                by_cgroup[key] = verdict
-            matched, undecided, filtered = verdict
-            if filtered:
-                matched = self._filter(matched, attrs)
+            # Fail closed: an event this stage cannot judge is dropped and counted,
+            # never passed on unselected.
+            try:
+                attrs = event.attributes
+                cgroup_id = attrs.get(CGROUP_ID)
+                key = cgroup_id if isinstance(cgroup_id, int) else None
+                verdict = by_cgroup.get(key)
+                if verdict is None:
+                    matched, undecided = match_subject(
+                        policies, resolver.subject(key), resolver.namespace_labels
+                    )
+                    verdict = (matched, undecided, any(p.has_filters for p in matched))
+                    if len(by_cgroup) >= _CACHE_LIMIT:
+                        by_cgroup.clear()
+                    by_cgroup[key] = verdict
+                matched, undecided, filtered = verdict
+                if filtered:
+                    matched = self._filter(matched, attrs)
+            except Exception:
+                counters.errors += 1
+                if counters.errors == 1:
+                    log.exception("policy selection failed on a %s event; dropped", event.kind)
+                continue
             if not matched:
                 counters.dropped += 1
                 if undecided:

@@ -117,7 +117,7 @@ def test_without_policies_everything_passes_untouched(node: Node) -> None:
     events = [exec_event(HOST_CGROUP)]
     assert node.stage.process(events) is events
     assert "vigil.policy.names" not in events[0].attributes
-    assert node.stage.counters.as_dict() == {"kept": 0, "dropped": 0, "unresolved": 0}
+    assert node.stage.counters.as_dict() == {"kept": 0, "dropped": 0, "unresolved": 0, "errors": 0}
 
 
 def test_namespaced_policy_selects_only_its_namespace(node: Node) -> None:
@@ -152,7 +152,7 @@ def test_pod_selector_and_policy_names(node: Node) -> None:
     [event] = node.run(exec_event(web["main"]))
     assert event.attributes["vigil.policy.names"] == ["a/web", "not-db"]
     assert not node.kept(db["main"])
-    assert node.stage.counters.as_dict() == {"kept": 1, "dropped": 1, "unresolved": 0}
+    assert node.stage.counters.as_dict() == {"kept": 1, "dropped": 1, "unresolved": 0, "errors": 0}
 
 
 def test_cluster_policy_without_selectors_covers_the_host_too(node: Node) -> None:
@@ -218,7 +218,7 @@ def test_unknown_pod_is_unresolved_unless_a_policy_covers_everything(node: Node)
     node.policies({"name": "p", "namespace": "a"})
     assert not node.kept(ghost["main"])
     assert not node.kept(123456)  # a cgroup the table never saw
-    assert node.stage.counters.as_dict() == {"kept": 0, "dropped": 2, "unresolved": 2}
+    assert node.stage.counters.as_dict() == {"kept": 0, "dropped": 2, "unresolved": 2, "errors": 0}
     node.policies({"name": "p", "namespace": "a"}, {"name": "all"})
     [event] = node.run(exec_event(ghost["main"]))
     assert event.attributes["vigil.policy.names"] == ["all"]
