@@ -274,16 +274,15 @@ class Agent:
         if self.pods is not None:
             self.pods.expire()
         with self._reconfigure_lock:  # a reload may be closing a module
-            probes = list(self.probes.values())
-        for probe in probes:
-            before = probe.counters.dropped_kernel
-            probe.read_kernel_drops()
-            if probe.counters.dropped_kernel > before:
-                log.warning(
-                    "probe %s: %d records dropped in the kernel (ring buffer full)",
-                    probe.name,
-                    probe.counters.dropped_kernel - before,
-                )
+            for probe in self.probes.values():
+                before = probe.counters.dropped_kernel
+                probe.read_kernel_drops()
+                if probe.counters.dropped_kernel > before:
+                    log.warning(
+                        "probe %s: %d records dropped in the kernel (ring buffer full)",
+                        probe.name,
+                        probe.counters.dropped_kernel - before,
+                    )
 
     def wait(self, duration: float | None = None) -> None:
         """Block until `duration` passes or stop() is requested, doing housekeeping."""
@@ -334,6 +333,9 @@ class Agent:
         """Apply `config` without restarting; ConfigError (logged, counted) leaves all as is."""
         with self._reconfigure_lock:
             report = ReloadReport()
+            if self._stopped.is_set():
+                log.debug("config %s not applied: the agent is stopping", source)
+                return report
             if config == self.config:
                 log.debug("config %s unchanged", source)
                 return report

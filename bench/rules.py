@@ -190,7 +190,7 @@ def evaluation(events: int, runs: int) -> None:
                 f"    {label:26s} +{statistics.median(added):6.2f} us/event "
                 f"[{min(added):.2f}-{max(added):.2f}]  x{statistics.median(ratios):<6.1f}"
                 f"{matches / (runs * events):.3f} matches/event, "
-                f"{cached / max(evaluations, 1):.0%} remembered"
+                f"{cached / max(evaluations, 1):.1%} remembered"
             )
         base_us = timed(base_stage, batches) / events * 1e6
         print(f"    baseline (selection only, one policy): {base_us:.2f} us/event")
