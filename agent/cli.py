@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from vigil import __version__
-from vigil.api.config import AgentConfig, ConfigError, load_config
+from vigil.api.config import AgentConfig, ConfigError
 
 log = logging.getLogger("vigil.agent")
 
@@ -28,7 +28,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="attach the probes and stream what they see")
-    run.add_argument("--config", type=Path, help="AgentConfig YAML (default: built-in defaults)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="AgentConfig YAML (default: built-in defaults); changes apply live",
+    )
+    run.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="read --config once; do not apply later changes to it",
+    )
     run.add_argument(
         "--probes",
         help="comma-separated probes to run, overriding the config (e.g. process)",
@@ -63,14 +72,17 @@ def _sinks(output: str) -> list[object]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vigil.agent.config_watch import ConfigWatcher, read_config
     from vigil.agent.runtime import Agent, AgentError
     from vigil.agent.sinks.base import Sink
 
     try:
-        config = load_config(args.config) if args.config else AgentConfig()
+        config, text = read_config(args.config) if args.config else (AgentConfig(), None)
         sinks: list[Sink] = _sinks(args.output)  # type: ignore[assignment]
         probes = [p.strip() for p in args.probes.split(",")] if args.probes else None
-        agent = Agent(config, sinks=sinks, probes=probes)
+        agent = Agent(
+            config, sinks=sinks, probes=probes, config_source=str(args.config or "config")
+        )
     except (ConfigError, AgentError) as exc:
         log.error("%s", exc)
         return 2
@@ -86,9 +98,18 @@ def _run(args: argparse.Namespace) -> int:
     except AgentError as exc:
         log.error("%s (run `vigil-agent doctor`)", exc)
         return 1
+    watcher = None
+    if args.config and not args.no_watch:
+        source = str(args.config)
+        watcher = ConfigWatcher(
+            args.config, lambda new: agent.reload_text(new, source=source), baseline=text
+        )
+        watcher.start()
     try:
         agent.wait(args.duration)
     finally:
+        if watcher is not None:
+            watcher.stop()
         agent.stop()
         for name, counters in agent.counters().items():
             summary = " ".join(f"{key}={value}" for key, value in counters.items())

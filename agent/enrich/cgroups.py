@@ -80,6 +80,9 @@ class CgroupTable:
         # Ids changed by on_mkdir/on_rmdir while a scan walks the tree: the events
         # are newer than what the walk saw, so the scan must not overwrite them.
         self._touched_during_scan: set[int] | None = None
+        # Moves on every change of the live set, so readers can tell cheaply that
+        # answers derived from the table (policy verdicts) need recomputing.
+        self.generation = 0
 
     @property
     def root(self) -> Path:
@@ -124,6 +127,7 @@ class CgroupTable:
                         del self._live[cgroup_id]
                         self._tombstones.bury(cgroup_id, entry, now)
                 self._tombstones.expire(now)
+                self.generation += 1
             return len(found)
 
     def _walk(self) -> dict[int, str]:
@@ -165,6 +169,7 @@ class CgroupTable:
             self._live[cgroup_id] = entry
             self._tombstones.revive(cgroup_id)
             self._tombstones.expire(self._clock())
+            self.generation += 1
 
     def on_rmdir(self, cgroup_id: int, path: str) -> None:
         """A cgroup was removed (``cgroup:cgroup_rmdir``): keep it resolvable a while.
@@ -184,6 +189,7 @@ class CgroupTable:
             now = self._clock()
             self._tombstones.bury(cgroup_id, entry, now)
             self._tombstones.expire(now)
+            self.generation += 1
 
     def expire(self) -> int:
         """Forget tombstones whose time is up; returns how many were dropped.
@@ -217,6 +223,11 @@ class CgroupTable:
         """What the cgroup's path says (container, pod, unit), parsed once per id."""
         entry = self._lookup(cgroup_id)
         return entry.identity if entry is not None else None
+
+    def live_ids(self) -> list[int]:
+        """The ids of every cgroup that exists now (tombstones excluded)."""
+        with self._lock:
+            return list(self._live)
 
     def __contains__(self, cgroup_id: object) -> bool:
         return isinstance(cgroup_id, int) and self._lookup(cgroup_id) is not None

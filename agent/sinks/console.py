@@ -20,7 +20,12 @@ _COLUMNS = (
     ("DETAIL", None, None),
 )
 # kind -> (label, style); the label is the kind's last word.
-_EVENT_STYLE = {"process.exec": "green", "process.fork": "blue", "process.exit": "yellow"}
+_EVENT_STYLE = {
+    "process.exec": "green",
+    "process.fork": "blue",
+    "process.exit": "yellow",
+    "rule.match": "bold red",
+}
 _PIPE_WIDTH = 200  # not a terminal: long lines rather than wrapped columns
 
 
@@ -37,6 +42,15 @@ def _where(attrs: Mapping[str, object]) -> str:
 
 def _detail(event: Event) -> Text:
     attrs = event.attributes
+    if event.kind == "rule.match":
+        # "[high] exec-from-tmp (shop/web) /tmp/x -c ...": the rule, then what it matched.
+        head = Text(
+            f"[{attrs.get('vigil.rule.severity')}] {attrs.get('vigil.rule.name')} "
+            f"({attrs.get('vigil.rule.policy')}) ",
+            style="bold red",
+        )
+        matched = Event(str(attrs.get("vigil.rule.event_kind", "")), event.time_ns, attrs)
+        return head + _detail(matched)
     if event.kind == "process.exit":
         code = attrs.get("process.exit.code")
         signal = attrs.get("vigil.process.exit.signal")

@@ -56,3 +56,23 @@ def test_console_rows() -> None:
     assert "cgroup:99" in text
     assert "/bin/echo hi" in text
     assert "echo exit=137 signal=9" in text
+
+
+def test_console_shows_rule_matches() -> None:
+    out = io.StringIO()
+    sink = ConsoleSink(Console(file=out, width=160, color_system=None))
+    match = Event(
+        "rule.match",
+        EXEC.time_ns,
+        {
+            **EXEC.attributes,
+            "vigil.rule.name": "echo-run",
+            "vigil.rule.severity": "high",
+            "vigil.rule.policy": "shop/web",
+            "vigil.rule.event_kind": "process.exec",
+        },
+    )
+    sink.emit([EXEC, match])
+    lines = out.getvalue().splitlines()
+    assert "match" in lines[-1]
+    assert "[high] echo-run (shop/web) /bin/echo hi" in lines[-1]

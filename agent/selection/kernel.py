@@ -1,0 +1,159 @@
+"""In-kernel selection: every probe module's cgroup verdicts kept in line with the policies.
+
+bpf/selection.bpf.c is compiled into every probe module, so each module has
+its own ``vigil_selection_mode`` and ``vigil_selected_cgroups`` maps; this
+module writes the same state into all of them. The map holds a verdict per
+cgroup id: 1 selected, 0 not selected. A cgroup the map does not hold is
+let through: a new container's cgroup exists (and runs processes) before the
+agent has read its mkdir, and before the pod watch reports its pod, and we
+prefer not to lose those first events. The user-space selection stage
+decides about them once the pod is known, so nothing unselected is ever
+emitted; the kernel filter only saves the cost of streaming what is known
+to be unselected.
+
+Verdicts are recomputed when the policies change or when the cgroup table,
+the pod cache or the namespace labels move (checked on the pipeline's 100 ms
+tick), and only the differences are written.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from typing import Any
+
+from vigil.agent.selection.policies import PolicySet, match_subject
+from vigil.agent.selection.subjects import SubjectResolver
+
+log = logging.getLogger(__name__)
+
+MODE_MAP = b"vigil_selection_mode"
+CGROUPS_MAP = b"vigil_selected_cgroups"
+SELECT_ALL = 0  # VIGIL_SELECT_ALL in bpf/selection.bpf.c
+SELECT_LISTED = 1  # VIGIL_SELECT_LISTED
+SELECTED, NOT_SELECTED = 1, 0
+
+
+class KernelSelection:
+    """Owns the selection maps of every loaded probe module.
+
+    Thread-safe: modules come and go on the thread that applies configs,
+    ``sync`` runs on the pipeline thread.
+    """
+
+    def __init__(self, resolver: SubjectResolver) -> None:
+        self._resolver = resolver
+        self._lock = threading.Lock()
+        self._modules: list[Any] = []  # bcc.BPF objects
+        self._policies = PolicySet()
+        self._mode = SELECT_ALL
+        self._verdicts: dict[int, int] = {}  # what every module's map holds
+        self._generation: tuple[int, int, int] | None = None
+        self._dirty = False
+        self.counters: dict[str, int] = {
+            "syncs": 0,
+            "sync_errors": 0,
+            "writes": 0,
+            "write_errors": 0,
+        }
+
+    @property
+    def mode(self) -> int:
+        return self._mode
+
+    def verdicts(self) -> dict[int, int]:
+        """cgroup id -> verdict, as written into every module."""
+        with self._lock:
+            return dict(self._verdicts)
+
+    def set_policies(self, policies: PolicySet) -> None:
+        with self._lock:
+            self._policies = policies
+            self._dirty = True
+
+    def add_module(self, bpf: Any) -> None:
+        """A module just loaded (before its programs attach): give it the current state."""
+        with self._lock:
+            self._write(bpf, self._verdicts, ())
+            self._write_mode(bpf, self._mode)
+            self._modules.append(bpf)
+
+    def remove_module(self, bpf: Any) -> None:
+        """A module about to be closed."""
+        with self._lock:
+            self._modules = [module for module in self._modules if module is not bpf]
+
+    def sync(self) -> None:
+        """Recompute the verdicts when anything they depend on moved; write the differences.
+
+        Never raises (it runs on the pipeline's tick): a failure is logged once,
+        counted, and retried on the next tick.
+        """
+        with self._lock:
+            generation = self._resolver.generation()
+            if not self._dirty and generation == self._generation:
+                return
+            try:
+                mode, verdicts = self._desired()
+                self._apply(mode, verdicts)
+            except Exception:
+                self.counters["sync_errors"] += 1
+                if self.counters["sync_errors"] == 1:
+                    log.exception("updating the in-kernel selection failed; retrying")
+                return
+            self._dirty = False
+            self._generation = generation
+            self.counters["syncs"] += 1
+
+    def _desired(self) -> tuple[int, dict[int, int]]:
+        policies = self._policies
+        cgroups = self._resolver.cgroups
+        if not policies.policies or policies.covers_everything or cgroups is None:
+            return SELECT_ALL, {}
+        resolver = self._resolver
+        verdicts: dict[int, int] = {}
+        for cgroup_id in cgroups.live_ids():
+            matched, undecided = match_subject(
+                policies.policies, resolver.subject(cgroup_id), resolver.namespace_labels
+            )
+            if matched:
+                verdicts[cgroup_id] = SELECTED
+            elif not undecided:
+                verdicts[cgroup_id] = NOT_SELECTED
+        return SELECT_LISTED, verdicts
+
+    def _apply(self, mode: int, verdicts: dict[int, int]) -> None:
+        old = self._verdicts
+        changed = {cid: v for cid, v in verdicts.items() if old.get(cid) != v}
+        removed = [cid for cid in old if cid not in verdicts]
+        if mode == SELECT_ALL and self._mode != SELECT_ALL:
+            for bpf in self._modules:  # let everything through before forgetting verdicts
+                self._write_mode(bpf, SELECT_ALL)
+        for bpf in self._modules:
+            self._write(bpf, changed, removed)
+        if mode == SELECT_LISTED and self._mode != SELECT_LISTED:
+            for bpf in self._modules:  # the verdicts are in place: start using them
+                self._write_mode(bpf, SELECT_LISTED)
+        self._mode = mode
+        self._verdicts = verdicts
+
+    def _write_mode(self, bpf: Any, mode: int) -> None:
+        table = bpf[MODE_MAP]
+        table[ctypes.c_int(0)] = ctypes.c_uint32(mode)
+
+    def _write(self, bpf: Any, changed: dict[int, int], removed: Any) -> None:
+        table = bpf[CGROUPS_MAP]
+        for cgroup_id, verdict in changed.items():
+            try:
+                table[ctypes.c_uint64(cgroup_id)] = ctypes.c_uint8(verdict)
+                self.counters["writes"] += 1
+            except Exception as exc:  # the map is full: that cgroup is let through
+                self.counters["write_errors"] += 1
+                log.debug("selection verdict for cgroup %d not written: %s", cgroup_id, exc)
+        for cgroup_id in removed:
+            try:
+                del table[ctypes.c_uint64(cgroup_id)]
+                self.counters["writes"] += 1
+            except KeyError:
+                pass  # never written (the map was full)
