@@ -5,11 +5,12 @@ histogram of waits in ns, their sum, a preemption count per cgroup) and
 streams nothing. collect() sums the CPUs and returns MetricPoints keyed by
 `vigil.cgroup.id`; the export layer maps cgroups to pods.
 
-Design (the cheapest correct one we found): a wait is charged to the cgroup
-the task is in when it is enqueued. A preempted task is `current` at
-sched_switch (bpf_get_current_cgroup_id()); a woken one is not, so its cgroup
-is read from the task through BTF offsets (task->cgroups->dfl_cgrp->kn->id).
-Start timestamps live in an LRU hash keyed by thread id.
+Design (bpf/runqlat.bpf.c says more): one LRU entry per thread, updated in
+place: its cgroup, taken at every switch-out when the task is `current`
+(one helper call), and the start of its current wait. A wakeup only stamps
+the start, a switch-in charges the wait to the stored cgroup. Moves between
+cgroups bump a generation, and a wakeup that finds an older one reads the
+cgroup from the task via BTF offsets (task->cgroups->dfl_cgrp->kn->id).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class RunqlatProbe(Probe):
         Hook("raw_tracepoint", "sched:sched_switch", "vigil_runqlat_switch"),
         Hook("raw_tracepoint", "sched:sched_wakeup", "vigil_runqlat_wakeup"),
         Hook("raw_tracepoint", "sched:sched_wakeup_new", "vigil_runqlat_wakeup_new"),
+        Hook("raw_tracepoint", "cgroup:cgroup_attach_task", "vigil_runqlat_attach"),
         Hook("raw_tracepoint", "cgroup:cgroup_rmdir", "vigil_runqlat_rmdir"),
     )
     members: ClassVar[tuple[str, ...]] = (
@@ -125,8 +127,12 @@ class RunqlatProbe(Probe):
             self.config.max_tasks,
         ):
             return False  # map sizes are fixed at compile time
+        switched_on = config.histogram and not self.config.histogram
         self.config = config
         if self.bpf is not None:
+            if switched_on:
+                # Off, the kernel kept no starts: forget the stale ones first.
+                self.bpf[b"runqlat_tasks"].clear()
             self.configure(self.bpf)
         return True
 

@@ -2,7 +2,7 @@
  * per task (pid keys, a plain hash), tasks picked by comm (ORACLE_COMM, the
  * workload), no cgroups, no shared code with bpf/runqlat.bpf.c. A task waits
  * from its wakeup, or from a switch that leaves it runnable, until it is
- * switched in.
+ * switched in; a start left by a wakeup while it still ran ends when it blocks.
  *
  * Raw tracepoints like the probe, not classic ones: classic tracepoint
  * programs share one per-CPU recursion guard with every other classic/kprobe
@@ -68,8 +68,12 @@ int oracle_switch(struct bpf_raw_tracepoint_args *ctx)
     u64 *start, now = bpf_ktime_get_ns();
     u32 pid;
 
-    if (ctx->args[0] /* preempt */ || (u32)ctx->args[3] == 0 /* TASK_RUNNING */)
+    if (ctx->args[0] /* preempt */ || (u32)ctx->args[3] == 0 /* TASK_RUNNING */) {
         oracle_enqueue(prev);
+    } else if (oracle_is_workload(prev)) {
+        pid = oracle_pid(prev);
+        oracle_start.delete(&pid); /* it blocks: only a wakeup starts a wait now */
+    }
     if (!oracle_is_workload(next))
         return 0;
     pid = oracle_pid(next);

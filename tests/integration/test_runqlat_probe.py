@@ -10,10 +10,11 @@ cgroup's. Two references:
     another way (per pid, tasks picked by comm, no cgroups); the
     probe's per-cgroup samples must equal the oracle's for the cgroup's pids
     exactly, and their summed waits agree to a few microseconds per sample.
-Why not pcount exactly: on this sandbox, switches away from the VM's init
-threads (PID 1, "tokio-rt-worker") never reach the sched_switch tracepoint
-(measured: 0 traced switch-outs of them in 190,000 switches), so a task that
-gets the CPU from one of them is switched in unseen by any tracer.
+Why not pcount exactly: on this sandbox no tracepoint fires while one of the
+VM's init threads (PID 1, "tokio-rt-worker") is current (measured: 0 of
+180,000 wakeups, 350,000 switches and 1.2 M syscall entries in 5 s), so a
+task that gets the CPU from one of them is switched in unseen by any tracer,
+and a wakeup they cause (or an interrupt that lands on them) is unseen too.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent import CollectingSink, scratch_cgroup
+from tests.support.agent import CollectingSink, scratch_cgroup, spawn
 from tests.support.bpf import require_bpf
 from vigil.agent.kernel import compiler
 from vigil.agent.probes.runqlat import (
@@ -215,10 +216,10 @@ def test_busy_cgroup_waits_idle_cgroup_does_not(
     assert_agrees(hot, busy_kernel, busy_oracle)
     assert hot.preemptions > 100  # ~1 s of two spinners sharing a CPU
     assert slow_waits(hot.waits) > 50, hot.waits.counts  # waits of a tick or more
-    # The sleeper ran a handful of times, each one once, in its own cgroup.
+    # The sleeper ran a handful of times, each one once, in its own cgroup. (How
+    # long those few waits were depends on what else this shared machine runs.)
     assert_agrees(cold, idle_kernel, idle_oracle)
     assert 1 <= cold.waits.count <= 5
-    assert cold.waits.sum < hot.waits.sum / 100
 
 
 def test_collect_reports_removed_cgroups_once_more(
@@ -261,6 +262,33 @@ def test_histogram_off_counts_preemptions_only(probe: RunqlatProbe, workload: Pa
     assert seen.preemptions == kernel.involuntary > 0
     assert seen.waits.count == 0
     assert [p.spec for p in points] == [PREEMPTIONS]
+
+
+def test_a_task_moved_while_asleep_waits_in_its_new_cgroup(probe: RunqlatProbe) -> None:
+    with scratch_cgroup() as before, scratch_cgroup() as after:
+        before_id, after_id = before.stat().st_ino, after.stat().st_ino
+        reader = spawn(
+            ["head", "-c", "1"], cgroup=before, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        try:
+            wchan = Path(f"/proc/{reader.pid}/wchan")
+            deadline = time.monotonic() + 10
+            while not wchan.read_text().endswith("pipe_read"):  # asleep, reading its stdin
+                assert time.monotonic() < deadline, "the reader never blocked"
+                time.sleep(0.01)
+            waits_before = probe.snapshot()[before_id].waits.count
+            (after / "cgroup.procs").write_text(str(reader.pid))  # moved while asleep
+            assert reader.stdin is not None
+            reader.stdin.write(b"x")  # its wakeup, then its wait for a CPU
+            reader.stdin.close()
+            assert reader.wait(timeout=10) == 0
+        finally:
+            reader.kill()
+            reader.wait()
+        seen = probe.snapshot()
+    # The wait after the move is the new cgroup's, not the one it was asleep in.
+    assert seen[before_id].waits.count == waits_before
+    assert seen[after_id].waits.count >= 1
 
 
 def test_size_change_needs_recompile(probe: RunqlatProbe) -> None:
