@@ -182,26 +182,26 @@ def main() -> None:
                 variant.bpf_cost(command)
 
     base = variants[0]
+    width = max(len(v.name) for v in variants) + len(f" / {BCC_RUNQLAT}:") + 1
     print(
         f"\ncontext-switch storm: {args.round_trips} round trips on CPU {args.cpu}, "
         f"{statistics.median(switches):.0f} switches per storm, {args.runs} rotated rounds"
     )
-    print(f"  no monitor (s):                            {spread(base.times)}")
+    print(f"  {'no monitor (s):':{width}s}{spread(base.times)}")
     for variant in variants[1:]:
         ratios = [t / b for t, b in zip(variant.times, base.times, strict=True)]
-        print(f"  {variant.name + ' / no monitor:':42s}{spread(ratios)}")
+        print(f"  {variant.name + ' / no monitor:':{width}s}{spread(ratios)}")
     bcc = next((v for v in variants if v.name == BCC_RUNQLAT), None)
     if bcc is not None:
         for variant in variants[1:-1]:
             ratios = [t / b for t, b in zip(variant.times, bcc.times, strict=True)]
-            print(f"  {variant.name + ' / ' + bcc.name + ':':42s}{spread(ratios)}")
+            print(f"  {variant.name + ' / ' + bcc.name + ':':{width}s}{spread(ratios)}")
     print(f"  kernel BPF time, {args.cost_runs} storms with bpf_stats on:")
     for variant in variants[1:]:
+        print(f"    {variant.name}:")
+        print(f"      {'ns per program run:':{width - 4}s}{spread(variant.ns_per_run, '{:.0f}')}")
         print(
-            f"    {variant.name + ' ns per program run:':40s}{spread(variant.ns_per_run, '{:.0f}')}"
-        )
-        print(
-            f"    {variant.name + ' ns per context switch:':40s}"
+            f"      {'ns per context switch:':{width - 4}s}"
             f"{spread(variant.ns_per_switch, '{:.0f}')}"
         )
 

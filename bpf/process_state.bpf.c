@@ -18,6 +18,11 @@
  * entry (the wakeup here, or the agent undoing a seed) decrements, so the count
  * moves exactly once each way. The agent seeds tasks already in D at attach
  * time into the same map (agent/probes/process_state.py).
+ *
+ * Every way out of D goes through try_to_wake_up(), which fires sched_wakeup,
+ * so the count only drifts if a wakeup is hidden from tracing (the sandbox
+ * this is developed in hides everything its own init threads do): such a
+ * task stays counted until it next blocks in D and wakes, or exits.
  */
 #include "vigil.h"
 

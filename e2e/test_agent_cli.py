@@ -58,13 +58,15 @@ def test_doctor_json_reports_this_machine() -> None:
     assert checks["btf"]["ok"] is True
     tgid = btf.load_vmlinux().member("task_struct.tgid")
     assert report["btf_offsets"]["task_struct.tgid"]["offset"] == tgid.offset
-    assert set(report["btf_offsets"]) == set(report["probes"]["process"]["btf_members"])
+    members = {m for probe in report["probes"].values() for m in probe["btf_members"]}
+    assert set(report["btf_offsets"]) == members
     assert result.returncode == (0 if report["ok"] else 1)
 
 
 @pytest.mark.bpf
 def test_run_json_until_sigint_then_nothing_stays_loaded() -> None:
     marker = f"vigil-e2e-{uuid.uuid4().hex[:8]}"
+    others = _vigil_prog_ids()  # other agents on this machine (benchmarks, other tests)
     proc = subprocess.Popen(
         [*AGENT, "run", "--output", "json", "--probes", "process"],
         stdout=subprocess.PIPE,
@@ -72,7 +74,7 @@ def test_run_json_until_sigint_then_nothing_stays_loaded() -> None:
     )
     try:
         _wait_for_stderr(proc, b"ready", timeout=30)
-        loaded = _vigil_prog_ids()
+        loaded = _vigil_prog_ids() - others
         # process: fork, exec, exit, free; cgroups (enrichment): mkdir, rmdir
         assert len(loaded) == 6
         child = subprocess.run(["/bin/echo", marker], capture_output=True, check=True)
