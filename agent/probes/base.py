@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import ctypes
 import logging
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ class Probe(abc.ABC):
         self.config = config
         self.counters = ProbeCounters()
         self.bpf: Any = None
-        self._attached: list[Hook] = []
+        self._attached: list[tuple[Hook, int]] = []  # each hook with its link's fd
 
     def defines(self) -> dict[str, int | str]:
         """Compile-time constants (sizes); everything else goes through maps."""
@@ -141,27 +142,16 @@ class Probe(abc.ABC):
         self.configure(bpf)
         try:
             for hook in self.hooks:
-                attach = (
-                    bpf.attach_tracepoint
-                    if hook.kind == "tracepoint"
-                    else bpf.attach_raw_tracepoint
-                )
-                attach(tp=hook.target, fn_name=hook.function.encode())
-                self._attached.append(hook)
+                self._attached.append((hook, _attach_hook(bpf, hook)))
         except Exception as exc:
             self.detach()
             raise ProbeError(f"probe {self.name}: cannot attach {hook.tracepoint}: {exc}") from exc
 
     def detach(self) -> None:
-        for hook in reversed(self._attached):
+        for hook, fd in reversed(self._attached):
             try:
-                detach = (
-                    self.bpf.detach_tracepoint
-                    if hook.kind == "tracepoint"
-                    else self.bpf.detach_raw_tracepoint
-                )
-                detach(tp=hook.target)
-            except Exception as exc:  # keep detaching the rest
+                _detach_hook(hook, fd)
+            except OSError as exc:  # keep detaching the rest
                 log.warning("probe %s: detach %s failed: %s", self.name, hook.tracepoint, exc)
         self._attached.clear()
 
@@ -178,3 +168,36 @@ class Probe(abc.ABC):
             sum(int(v) for v in table.getvalue(ctypes.c_int(slot))) for slot in range(DROP_SLOTS)
         ]
         self.counters.dropped_kernel, self.counters.map_full = totals
+
+
+# Attachments go through libbcc, each probe keeping its links' fds: bcc's
+# BPF.attach_*tracepoint key links by tracepoint name, so two probes of one
+# module on the same tracepoint (runqlat and process_state on sched_switch)
+# would fail (raw: "has been attached") or orphan the first link (classic).
+
+
+def _attach_hook(bpf: Any, hook: Hook) -> int:
+    from bcc import BPF
+    from bcc.libbcc import lib
+
+    if hook.kind == "raw_tracepoint":
+        program = bpf.load_func(hook.function.encode(), BPF.RAW_TRACEPOINT)
+        fd = lib.bpf_attach_raw_tracepoint(program.fd, hook.target)
+    else:
+        program = bpf.load_func(hook.function.encode(), BPF.TRACEPOINT)
+        category, _, event = hook.tracepoint.partition(":")
+        fd = lib.bpf_attach_tracepoint(program.fd, category.encode(), event.encode())
+    if fd < 0:
+        reason = os.strerror(-fd) if fd < -1 else "see the kernel's message above"
+        raise OSError(f"{hook.function} -> {hook.kind} {hook.tracepoint}: {reason}")
+    return int(fd)
+
+
+def _detach_hook(hook: Hook, fd: int) -> None:
+    if hook.kind == "raw_tracepoint":
+        os.close(fd)  # the link lives as long as its fd
+        return
+    from bcc.libbcc import lib
+
+    if lib.bpf_close_perf_event_fd(fd) < 0:
+        raise OSError(f"closing the perf event of {hook.tracepoint} failed")
