@@ -211,7 +211,9 @@ class ProcessStateProbe(Probe):
         mode = self.bpf[b"vigil_selection_mode"][ctypes.c_int(0)].value
         if mode == 0:  # VIGIL_SELECT_ALL
             return True
-        return ctypes.c_uint64(cgroup_id) in self.bpf[b"vigil_selected_cgroups"]
+        verdicts = self.bpf[b"vigil_selected_cgroups"]
+        key = ctypes.c_uint64(cgroup_id)
+        return key not in verdicts or verdicts[key].value != 0  # no verdict: let through
 
     # -- reading -------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from tests.support.agent import (
     spawn,
 )
 from tests.support.bpf import require_bpf
+from tests.support.selection import kernel_selection
 from vigil.agent.kernel import compiler, mounts
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.timefmt import MonotonicClock
@@ -273,22 +274,6 @@ def sink(oom_agent: tuple[Agent, CollectingSink]) -> CollectingSink:
     return oom_agent[1]
 
 
-@contextmanager
-def selecting(agent: Agent, *cgroup_ids: int) -> Iterator[None]:
-    """In-kernel selection of only `cgroup_ids` (what policies compile to), then all again."""
-    bpf = agent.probes["oom"].bpf
-    selected = bpf[b"vigil_selected_cgroups"]
-    mode = bpf[b"vigil_selection_mode"]
-    for cgroup_id in cgroup_ids:
-        selected[ctypes.c_uint64(cgroup_id)] = ctypes.c_uint8(1)
-    mode[ctypes.c_int(0)] = ctypes.c_uint32(1)  # VIGIL_SELECT_LISTED
-    try:
-        yield
-    finally:
-        mode[ctypes.c_int(0)] = ctypes.c_uint32(0)  # VIGIL_SELECT_ALL
-        selected.clear()
-
-
 def test_oom_killed_process_has_its_pid_and_cgroup(sink: CollectingSink) -> None:
     with (
         memory_cgroup_v1(32 * MiB) as memory,
@@ -360,7 +345,7 @@ def test_victim_cgroup_is_the_victims_not_the_triggers(
         scratch_cgroup() as trigger_cgroup,
         kernel_trace() as trace,
         # Selected: the victim's cgroup only. The event must pass the filter.
-        selecting(agent, victim_cgroup.stat().st_ino),
+        kernel_selection(agent.probes["oom"].bpf, selected=[victim_cgroup.stat().st_ino]),
     ):
         victim_id, trigger_id = victim_cgroup.stat().st_ino, trigger_cgroup.stat().st_ino
         holder, grower = _victim_and_trigger(memory, victim_cgroup, trigger_cgroup)
@@ -388,8 +373,12 @@ def test_victim_in_an_unselected_cgroup_is_filtered_in_the_kernel(
         scratch_cgroup() as victim_cgroup,
         scratch_cgroup() as trigger_cgroup,
         kernel_trace() as trace,
-        # Selected: the trigger's cgroup only; the victim is elsewhere.
-        selecting(agent, trigger_cgroup.stat().st_ino),
+        # Selected: the trigger's cgroup only; the victim's is not.
+        kernel_selection(
+            agent.probes["oom"].bpf,
+            selected=[trigger_cgroup.stat().st_ino],
+            unselected=[victim_cgroup.stat().st_ino],
+        ),
     ):
         holder, _ = _victim_and_trigger(memory, victim_cgroup, trigger_cgroup)
         assert holder.pid in trace.victims(), "the kernel did mark it"

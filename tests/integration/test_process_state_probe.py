@@ -8,7 +8,6 @@ gauge must read exactly the number of such parents, and 0 once they woke.
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ import pytest
 
 from tests.support.agent import CollectingSink, scratch_cgroup, spawn
 from tests.support.bpf import require_bpf
+from tests.support.selection import kernel_selection
 from vigil.agent.probes.process_state import STATE, ProcessStateProbe, task_state
 from vigil.agent.runtime import Agent
 from vigil.api.config import parse_config
@@ -158,15 +158,13 @@ def test_unselected_cgroups_are_not_counted(agent: Agent, blocker: Path) -> None
     bpf = probe_of(agent).bpf
     with scratch_cgroup() as chosen, scratch_cgroup() as other:
         chosen_id, other_id = chosen.stat().st_ino, other.stat().st_ino
-        bpf[b"vigil_selected_cgroups"][ctypes.c_uint64(chosen_id)] = ctypes.c_uint8(1)
-        bpf[b"vigil_selection_mode"][ctypes.c_int(0)] = ctypes.c_uint32(1)  # LISTED
-        try:
-            with blocking(blocker, chosen), blocking(blocker, other):
-                assert settles_at(probe_of(agent), chosen_id, 1)
-                counts = probe_of(agent).counts()
-        finally:
-            bpf[b"vigil_selection_mode"][ctypes.c_int(0)] = ctypes.c_uint32(0)
-            bpf[b"vigil_selected_cgroups"].clear()
+        with (
+            kernel_selection(bpf, selected=[chosen_id], unselected=[other_id]),
+            blocking(blocker, chosen),
+            blocking(blocker, other),
+        ):
+            assert settles_at(probe_of(agent), chosen_id, 1)
+            counts = probe_of(agent).counts()
     assert counts[chosen_id] == 1
     assert other_id not in counts
 

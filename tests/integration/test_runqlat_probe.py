@@ -32,6 +32,7 @@ import pytest
 
 from tests.support.agent import CollectingSink, scratch_cgroup, spawn
 from tests.support.bpf import require_bpf
+from tests.support.selection import kernel_selection
 from vigil.agent.kernel import compiler
 from vigil.agent.probes.runqlat import (
     PREEMPTIONS,
@@ -303,18 +304,13 @@ def test_unselected_cgroups_are_not_measured(
     busy_cpu, _ = cpus()
     with scratch_cgroup() as chosen, scratch_cgroup() as other:
         chosen_id, other_id = chosen.stat().st_ino, other.stat().st_ino
-        bpf[b"vigil_selected_cgroups"][ctypes.c_uint64(chosen_id)] = ctypes.c_uint8(1)
-        bpf[b"vigil_selection_mode"][ctypes.c_int(0)] = ctypes.c_uint32(1)  # LISTED
-        try:
+        with kernel_selection(bpf, selected=[chosen_id], unselected=[other_id]):
             runs = [Run(workload, cg, "busy", 2, 200, busy_cpu) for cg in (chosen, other)]
             kernel = settled_view(runs[0].pids)
             seen = probe.snapshot()
             expected = oracle_view(oracle, runs[0].pids)
             for run in runs:
                 run.close()
-        finally:
-            bpf[b"vigil_selection_mode"][ctypes.c_int(0)] = ctypes.c_uint32(0)
-            bpf[b"vigil_selected_cgroups"].clear()
     assert_agrees(seen[chosen_id], kernel, expected)
     assert other_id not in seen
 
