@@ -103,6 +103,10 @@ class Probe(abc.ABC):
         """Compile-time constants (sizes); everything else goes through maps."""
         return {}
 
+    def enabled_hooks(self) -> tuple[Hook, ...]:
+        """The hooks this instance attaches: all of them, unless its settings leave some out."""
+        return self.hooks
+
     def configure(self, bpf: Any) -> None:
         """Write the probe's configuration maps; called after load and on reload."""
 
@@ -140,7 +144,7 @@ class Probe(abc.ABC):
         self.bpf = bpf
         self.configure(bpf)
         try:
-            for hook in self.hooks:
+            for hook in self.enabled_hooks():
                 attach = (
                     bpf.attach_tracepoint
                     if hook.kind == "tracepoint"
