@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import socket
 from pathlib import Path
 from typing import Any, ClassVar
@@ -110,6 +111,9 @@ def _attribute(key: str, *, scale: float = 1.0) -> Any:
     return value
 
 
+# Few distinct addresses and names recur across many connections: formatting
+# each once is what keeps decoding cheap on a connection storm.
+@functools.lru_cache(maxsize=4096)
 def _address(family: int, raw: bytes) -> tuple[str, bool]:
     """(text, is IPv4) of a record address; IPv4-mapped IPv6 counts as IPv4."""
     if family == AF_INET:
@@ -117,6 +121,11 @@ def _address(family: int, raw: bytes) -> tuple[str, bool]:
     if raw[:12] == _MAPPED_V4:
         return socket.inet_ntop(socket.AF_INET, raw[12:]), True
     return socket.inet_ntop(socket.AF_INET6, raw), False
+
+
+@functools.lru_cache(maxsize=4096)
+def _comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def retransmit_tracepoint_has_err(tracefs: Path | None) -> bool:
@@ -134,7 +143,7 @@ class TcpProbe(Probe):
     name: ClassVar[str] = "tcp"
     source: ClassVar[str] = "tcp.bpf.c"
     hooks: ClassVar[tuple[Hook, ...]] = (
-        Hook("tracepoint", "sock:inet_sock_set_state", "vigil_tcp_state"),
+        Hook("raw_tracepoint", "sock:inet_sock_set_state", "vigil_tcp_state"),
         Hook("tracepoint", "tcp:tcp_retransmit_skb", "vigil_tcp_retransmit"),
         Hook("tracepoint", "syscalls:sys_exit_accept4", "vigil_tcp_accept4"),
         Hook("tracepoint", "syscalls:sys_exit_accept", "vigil_tcp_accept"),
@@ -146,6 +155,13 @@ class TcpProbe(Probe):
         "tcp_sock.total_retrans",
         "sock.sk_err",
         "sock.sk_protocol",
+        "sock.__sk_common.skc_family",
+        "inet_sock.inet_sport",
+        "sock.__sk_common.skc_dport",
+        "sock.__sk_common.skc_rcv_saddr",
+        "sock.__sk_common.skc_daddr",
+        "sock.__sk_common.skc_v6_rcv_saddr",
+        "sock.__sk_common.skc_v6_daddr",
         "sock.__sk_common.skc_flags",
         "sock.__sk_common.skc_state",
         "sock.sk_cgrp_data.cgroup",
@@ -284,7 +300,7 @@ class TcpProbe(Probe):
             attrs["vigil.tcp.untracked"] = True
         if flags & F_OWNER_KNOWN:
             attrs["process.pid"] = pid
-            attrs["process.executable.name"] = comm.split(b"\0", 1)[0].decode(errors="replace")
+            attrs["process.executable.name"] = _comm(comm)
         else:
             attrs["vigil.tcp.owner_unknown"] = True
         if oldstate in (SYN_SENT, SYN_RECV):
