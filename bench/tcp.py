@@ -2,14 +2,15 @@
 
     .venv/bin/python bench/tcp.py [--runs 12] [--connections 10000] [--no-tcplife]
 
-Each run times the workload alone, with the agent (tcp probe + enrichment,
-JSON output) and, when bcc's tcplife-bpfcc is installed, with tcplife; the
-order rotates from run to run. Prints median paired slowdowns (with / the
-same run's without), kernel BPF time and agent CPU per connection, and
-checks the agent's JSON output against the ground truth the workload made:
-exactly one close event per side per connection, owned by the client and
-server pids, with the exact byte counts of every connection. Target
-(issue 6): slowdown <= 1.10x, 0 lost, bytes exact.
+Alternated pairs (workload alone / with the agent: tcp probe + enrichment,
+JSON output), then the same with bcc's tcplife-bpfcc when it is installed.
+Prints median paired ratios of the workload's wall time and of its own CPU
+time (client + server: what the kernel-side probes cost it, less sensitive
+than wall time to the rest of a shared machine), kernel BPF time and agent
+CPU per connection, and checks the agent's JSON output against the ground
+truth the workload made: per connection exactly one close event per side,
+owned by the client's and the server's pid, with that connection's exact
+byte counts. Target (issue 6): slowdown <= 1.10x, 0 lost, bytes exact.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import argparse
 import collections
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import AgentRun, BpfStats, build, cpu_seconds, require_root, spread
@@ -41,13 +44,25 @@ def response_bytes(i: int) -> int:
     return 1 + (i * 104729) % 16384
 
 
-def run_workload(command: list[str]) -> tuple[float, int, int]:
-    """(seconds, client pid, server pid) of one tcpchurn run."""
+@dataclass
+class Run:
+    """One tcpchurn run: wall seconds, its CPU seconds (client + server), its pids."""
+
+    wall: float
+    cpu: float
+    client: int
+    server: int
+
+
+def run_workload(command: list[str]) -> Run:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    seconds = time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     _, client, _, server = out.split()
-    return seconds, int(client), int(server)
+    return Run(wall, cpu, int(client), int(server))
 
 
 def check_events(path: Path, connections: int, client: int, server: int) -> list[str]:
@@ -102,75 +117,96 @@ def tcplife(output: Path) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=30)
 
 
+@dataclass
+class Figures:
+    """What the alternated pairs of one monitor measured."""
+
+    wall: list[float] = field(default_factory=list)  # with / without, paired
+    cpu: list[float] = field(default_factory=list)  # the workload's own CPU, paired
+    notes: list[str] = field(default_factory=list)
+
+
+def alternate(runs: int, without: Callable[[], Run], with_monitor: Callable[[], Run]) -> Figures:
+    """`runs` pairs, alternating which side goes first so drift hits both equally."""
+    figures = Figures()
+    for run in range(runs):
+        if run % 2 == 0:
+            alone = without()
+        monitored = with_monitor()
+        if run % 2 == 1:
+            alone = without()
+        figures.wall.append(monitored.wall / alone.wall)
+        figures.cpu.append(monitored.cpu / alone.cpu)
+        print(
+            f"run {run + 1:2d}: with {monitored.wall:.3f}s without {alone.wall:.3f}s "
+            f"ratio {figures.wall[-1]:.3f} (workload CPU {figures.cpu[-1]:.3f})",
+            flush=True,
+        )
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=12, help="alternated runs (>= 12)")
+    parser.add_argument("--runs", type=int, default=12, help="alternated pairs (>= 12)")
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--no-tcplife", action="store_true", help="skip the tcplife comparison")
     args = parser.parse_args()
     require_root()
     churn = [str(build("tcpchurn")), str(args.connections)]
-    with_tcplife = not args.no_tcplife and shutil.which(TCPLIFE) is not None
     work = Path(tempfile.mkdtemp(prefix="vigil-bench-tcp-"))
     config = work / "agent.yaml"
     config.write_text("probes:\n  tcp:\n    enabled: true\n")
     events = work / "events.jsonl"
     agent_args = ["--config", str(config), "--probes", "tcp", "--output", "json"]
-
-    ratios: list[float] = []
-    tcplife_ratios: list[float] = []
-    tcplife_lines: list[int] = []
     bpf_ns, cpu_us, readies, rss = [], [], [], []
     lost = decode_errors = received = 0
     problems: list[str] = []
+
+    def with_vigil() -> Run:
+        nonlocal lost, decode_errors, received
+        with AgentRun(agent_args, stdout=events) as agent:
+            cpu0, bpf0 = cpu_seconds(agent.pid), BpfStats.snapshot("vigil_tcp")
+            run = run_workload(churn)
+            time.sleep(0.3)  # > the 50 ms drain interval
+            cpu1, bpf1 = cpu_seconds(agent.pid), BpfStats.snapshot("vigil_tcp")
+        counters = agent.counters.get("tcp", {})
+        received += counters.get("received", 0)
+        decode_errors += counters.get("decode_errors", 0)
+        lost += agent.lost()
+        bpf_ns.append((bpf1[0] - bpf0[0]) / args.connections)
+        cpu_us.append((cpu1 - cpu0) * 1e6 / args.connections)
+        readies.append(agent.ready_seconds)
+        rss.append(agent.peak_rss_mb)
+        problems.extend(check_events(events, args.connections, run.client, run.server))
+        return run
+
+    def with_tcplife() -> Run:
+        with tcplife(work / "tcplife.txt"):
+            run = run_workload(churn)
+        # One line per socket closed, after the header (the rest of the host's too).
+        if (work / "tcplife.txt").read_text().count("\n") - 1 < 2 * args.connections:
+            tcplife_figures.notes.append("missed closes")
+        return run
+
+    load = os.getloadavg()[0]
     with BpfStats():
-        for run in range(args.runs):
-            sides = ["without", "agent", *(["tcplife"] if with_tcplife else [])]
-            sides = sides[run % len(sides) :] + sides[: run % len(sides)]  # rotate the order
-            times: dict[str, float] = {}
-            for side in sides:
-                if side == "without":
-                    times[side], _, _ = run_workload(churn)
-                elif side == "tcplife":
-                    with tcplife(work / "tcplife.txt"):
-                        times[side], _, _ = run_workload(churn)
-                    # One line per socket closed, minus the header; other hosts' too.
-                    tcplife_lines.append((work / "tcplife.txt").read_text().count("\n") - 1)
-                else:
-                    with AgentRun(agent_args, stdout=events) as agent:
-                        cpu0, bpf0 = cpu_seconds(agent.pid), BpfStats.snapshot("vigil_tcp")
-                        times[side], client, server = run_workload(churn)
-                        time.sleep(0.3)  # > the 50 ms drain interval
-                        cpu1, bpf1 = cpu_seconds(agent.pid), BpfStats.snapshot("vigil_tcp")
-                    counters = agent.counters.get("tcp", {})
-                    received += counters.get("received", 0)
-                    decode_errors += counters.get("decode_errors", 0)
-                    lost += agent.lost()
-                    bpf_ns.append((bpf1[0] - bpf0[0]) / args.connections)
-                    cpu_us.append((cpu1 - cpu0) * 1e6 / args.connections)
-                    readies.append(agent.ready_seconds)
-                    rss.append(agent.peak_rss_mb)
-                    problems += [
-                        f"run {run + 1}: {p}"
-                        for p in check_events(events, args.connections, client, server)
-                    ]
-            ratios.append(times["agent"] / times["without"])
-            if with_tcplife:
-                tcplife_ratios.append(times["tcplife"] / times["without"])
-            print(
-                f"run {run + 1:2d}: "
-                + " ".join(f"{side} {seconds:.3f}s" for side, seconds in times.items())
-                + f" ratio {ratios[-1]:.3f}",
-                flush=True,
-            )
+        print("vigil (tcp probe + enrichment, JSON output):")
+        vigil = alternate(args.runs, lambda: run_workload(churn), with_vigil)
+        tcplife_figures = Figures()
+        if not args.no_tcplife and shutil.which(TCPLIFE):
+            print(f"{TCPLIFE}:")
+            measured = alternate(args.runs, lambda: run_workload(churn), with_tcplife)
+            tcplife_figures.wall, tcplife_figures.cpu = measured.wall, measured.cpu
     shutil.rmtree(work)
 
-    print(f"\ntcp churn: {args.connections} connections x {args.runs} rotated runs")
-    print(f"  slowdown with vigil tcp (paired):     {spread(ratios)}")
-    if with_tcplife:
-        print(f"  slowdown with {TCPLIFE} (paired): {spread(tcplife_ratios)}")
-        short = sum(1 for lines in tcplife_lines if lines < 2 * args.connections)
-        print(f"  {TCPLIFE} runs missing closes:   {short} of {len(tcplife_lines)}")
+    print(f"\ntcp churn: {args.connections} connections x {args.runs} alternated pairs")
+    print(f"  load average before / after:          {load:.2f} / {os.getloadavg()[0]:.2f}")
+    print(f"  slowdown with vigil (paired wall):    {spread(vigil.wall)}")
+    print(f"  workload CPU with vigil (paired):     {spread(vigil.cpu)}")
+    if tcplife_figures.wall:
+        print(f"  slowdown with {TCPLIFE} (wall):  {spread(tcplife_figures.wall)}")
+        print(f"  workload CPU with {TCPLIFE}:     {spread(tcplife_figures.cpu)}")
+        print(f"  {TCPLIFE} runs that missed closes: {len(tcplife_figures.notes)}")
     else:
         print(f"  {TCPLIFE}: not installed or skipped")
     print(f"  kernel BPF time per connection (ns):  {spread(bpf_ns, '{:.0f}')}")

@@ -123,8 +123,10 @@ BPF_ARRAY(tcp_config, struct tcp_config, 1);
 VIGIL_DROP_COUNTERS(tcp_drops);
 /* struct sock * -> its owner, from open (or accept) to close. */
 BPF_TABLE("lru_hash", u64, struct tcp_conn, tcp_conns, TCP_CONNECTIONS_MAX);
-/* cgroup id -> retransmitted segments of its sockets, cumulative. */
-BPF_HASH(tcp_retransmits, u64, u64, TCP_CGROUPS_MAX);
+/* cgroup id -> retransmitted segments of its sockets, cumulative. An LRU:
+ * cgroup ids are never reused and removed cgroups stop counting, so they are
+ * the ones evicted when the map is full (their last value was exported). */
+BPF_TABLE("lru_hash", u64, u64, tcp_retransmits, TCP_CGROUPS_MAX);
 
 /* The cgroup v2 id a socket was created in (accepted sockets inherit their
  * listener's): sk->sk_cgrp_data.cgroup->kn->id. Readable in any context. */

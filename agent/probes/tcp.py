@@ -11,16 +11,19 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import logging
 import socket
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vigil.agent.kernel import mounts
+from vigil.agent.kernel import features, mounts
 from vigil.agent.pipeline.events import Event
 from vigil.agent.probes.base import DecodeError, Hook, Probe, RecordLayout
 from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.api.events import AttributeValue
 from vigil.api.probes.tcp import TcpProbe as TcpProbeConfig
+
+log = logging.getLogger(__name__)
 
 KIND = "network.tcp.close"
 
@@ -212,9 +215,19 @@ class TcpProbe(Probe):
         return defines
 
     def enabled_hooks(self) -> tuple[Hook, ...]:
+        hooks = self.hooks
         if self.config.accept_owner:
-            return self.hooks
-        return tuple(hook for hook in self.hooks if not hook.tracepoint.startswith("syscalls:"))
+            tracefs = mounts.tracefs_root()
+            missing = [h for h in hooks if not features.tracepoint_exists(tracefs, h.tracepoint)]
+            if any(h.tracepoint.startswith("syscalls:") for h in missing):
+                # Kernels built without syscall tracepoints: run without owners.
+                log.warning(
+                    "tcp: no syscall tracepoints (CONFIG_FTRACE_SYSCALLS): accepted "
+                    "connections carry their listener's cgroup and no process"
+                )
+            else:
+                return hooks
+        return tuple(hook for hook in hooks if not hook.tracepoint.startswith("syscalls:"))
 
     def configure(self, bpf: Any) -> None:
         """Live settings: wake threshold and retransmit counting (no recompile)."""

@@ -37,5 +37,8 @@ class TcpProbe(ApiModel):
         True, description="count retransmitted segments per cgroup (tcp:tcp_retransmit_skb)"
     )
     max_cgroups: int = Field(
-        16384, ge=16, le=1024 * 1024, description="cgroups with a retransmit counter"
+        16384,
+        ge=16,
+        le=1024 * 1024,
+        description="cgroups with a retransmit counter (an LRU: removed cgroups go first)",
     )
