@@ -163,12 +163,12 @@ def test_event_metrics() -> None:
 
 def test_live_and_reload_settings() -> None:
     probe = _probe()
-    wake = probe.config.model_copy(update={"retransmits": False})
-    assert probe.update_config(wake) is True  # not attached: nothing to write yet
+    quiet = probe.config.model_copy(update={"retransmits": False})
+    assert probe.update_config(quiet) is True  # not attached: nothing to write yet
     assert probe.config.retransmits is False
     for change in ({"max_connections": 2048}, {"max_cgroups": 32}, {"accept_owner": False}):
         assert probe.update_config(probe.config.model_copy(update=change)) is False
-    assert probe.config == wake
+    assert probe.config == quiet
 
 
 def test_accept_owner_off_leaves_out_the_syscall_hooks() -> None:
