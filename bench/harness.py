@@ -78,6 +78,7 @@ class AgentRun:
     """One agent process: started, waited for `ready`, stopped with SIGINT."""
 
     args: list[str]
+    stdout: Path | None = None  # where the agent's events go (default: discarded)
     ready_seconds: float = 0.0
     stderr: str = ""
     peak_rss_mb: float = 0.0
@@ -86,9 +87,10 @@ class AgentRun:
 
     def __enter__(self) -> AgentRun:
         started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [*AGENT, "run", *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        with open(self.stdout or os.devnull, "wb") as out:
+            self.proc = subprocess.Popen(
+                [*AGENT, "run", *self.args], stdout=out, stderr=subprocess.PIPE
+            )
         self._read_until(b"ready", timeout=60)
         self.ready_seconds = time.perf_counter() - started
         return self

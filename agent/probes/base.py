@@ -104,6 +104,10 @@ class Probe(abc.ABC):
         """Compile-time constants (sizes); everything else goes through maps."""
         return {}
 
+    def enabled_hooks(self) -> tuple[Hook, ...]:
+        """The hooks this instance attaches: all of them, unless its settings leave some out."""
+        return self.hooks
+
     def configure(self, bpf: Any) -> None:
         """Write the probe's configuration maps; called after load and on reload."""
 
@@ -141,7 +145,7 @@ class Probe(abc.ABC):
         self.bpf = bpf
         self.configure(bpf)
         try:
-            for hook in self.hooks:
+            for hook in self.enabled_hooks():
                 self._attached.append((hook, _attach_hook(bpf, hook)))
         except Exception as exc:
             self.detach()

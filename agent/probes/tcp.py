@@ -1,0 +1,323 @@
+"""The `tcp` probe: one `network.tcp.close` event per TCP connection, and retransmits per cgroup.
+
+Kernel side: bpf/tcp.bpf.c, whose header comment lists what is reported when
+(opens not seen, failed connects, TIME_WAIT, how bytes are counted). The owner
+of a connection is the process that called connect() or accept(): captured in
+that process's context, because the close runs in softirq context.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import logging
+import socket
+from pathlib import Path
+from typing import Any, ClassVar
+
+from vigil.agent.kernel import features, mounts
+from vigil.agent.pipeline.events import Event
+from vigil.agent.probes.base import DecodeError, Hook, Probe, RecordLayout
+from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
+from vigil.api.events import AttributeValue
+from vigil.api.probes.tcp import TcpProbe as TcpProbeConfig
+
+log = logging.getLogger(__name__)
+
+KIND = "network.tcp.close"
+
+AF_INET, AF_INET6 = 2, 10
+SYN_SENT, SYN_RECV = 2, 3
+DIRECTIONS = ("unknown", "client", "server")
+F_OWNER_KNOWN = 1 << 0
+F_OPEN_SEEN = 1 << 1
+_MAPPED_V4 = b"\0" * 10 + b"\xff\xff"
+
+# struct tcp_record in bpf/tcp.bpf.c.
+RECORD = RecordLayout(
+    [
+        ("ts", "Q"),
+        ("start_ns", "Q"),
+        ("cgroup_id", "Q"),
+        ("bytes_sent", "Q"),
+        ("bytes_received", "Q"),
+        ("bytes_retrans", "Q"),
+        ("pid", "I"),
+        ("total_retrans", "I"),
+        ("error", "i"),
+        ("family", "H"),
+        ("sport", "H"),
+        ("dport", "H"),
+        ("reserved16", "H"),
+        ("direction", "B"),
+        ("flags", "B"),
+        ("oldstate", "B"),
+        ("reserved8", "B"),
+        ("saddr", "16s"),
+        ("daddr", "16s"),
+        ("comm", "16s"),
+    ]
+)
+
+DIRECTION = "vigil.tcp.direction"
+BYTES_SENT = "vigil.tcp.bytes_sent"
+BYTES_RECEIVED = "vigil.tcp.bytes_received"
+DURATION_NS = "vigil.tcp.duration_ns"
+FAILED = "vigil.tcp.failed"
+
+CONNECTIONS = MetricSpec(
+    "vigil.tcp.connections",
+    "counter",
+    "{connection}",
+    "TCP connections closed after being established",
+)
+FAILURES = MetricSpec(
+    "vigil.tcp.connection.failures",
+    "counter",
+    "{connection}",
+    "TCP connections closed before being established (refused, timed out, reset)",
+)
+BYTES = MetricSpec(
+    "vigil.tcp.bytes",
+    "counter",
+    "By",
+    "TCP payload bytes of connections, counted when they close",
+)
+DURATION = MetricSpec(
+    "vigil.tcp.connection.duration",
+    "histogram",
+    "s",
+    "TCP connection lifetime, from SYN to close",
+)
+RETRANSMITS = MetricSpec(
+    "vigil.tcp.retransmits",
+    "counter",
+    "{segment}",
+    "TCP segments retransmitted, per cgroup of the socket's owner",
+)
+
+
+def _established(event: Event) -> float | None:
+    return None if event.attributes.get(FAILED) else 1
+
+
+def _failed(event: Event) -> float | None:
+    return 1 if event.attributes.get(FAILED) else None
+
+
+def _attribute(key: str, *, scale: float = 1.0) -> Any:
+    def value(event: Event) -> float | None:
+        found = event.attributes.get(key)
+        return found * scale if isinstance(found, int) else None
+
+    return value
+
+
+# Few distinct addresses and names recur across many connections: formatting
+# each once is what keeps decoding cheap on a connection storm.
+@functools.lru_cache(maxsize=4096)
+def _address(family: int, raw: bytes) -> tuple[str, bool]:
+    """(text, is IPv4) of a record address; IPv4-mapped IPv6 counts as IPv4."""
+    if family == AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4]), True
+    if raw[:12] == _MAPPED_V4:
+        return socket.inet_ntop(socket.AF_INET, raw[12:]), True
+    return socket.inet_ntop(socket.AF_INET6, raw), False
+
+
+@functools.lru_cache(maxsize=4096)
+def _comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def retransmit_tracepoint_has_err(tracefs: Path | None) -> bool:
+    """Newer kernels trace failed retransmit attempts too and say so in an `err` field."""
+    if tracefs is None:
+        return False
+    fmt = tracefs / "events" / "tcp" / "tcp_retransmit_skb" / "format"
+    try:
+        return "int err;" in fmt.read_text()
+    except OSError:
+        return False
+
+
+class TcpProbe(Probe):
+    name: ClassVar[str] = "tcp"
+    source: ClassVar[str] = "tcp.bpf.c"
+    hooks: ClassVar[tuple[Hook, ...]] = (
+        Hook("raw_tracepoint", "sock:inet_sock_set_state", "vigil_tcp_state"),
+        Hook("tracepoint", "tcp:tcp_retransmit_skb", "vigil_tcp_retransmit"),
+        Hook("tracepoint", "syscalls:sys_exit_accept4", "vigil_tcp_accept4"),
+        Hook("tracepoint", "syscalls:sys_exit_accept", "vigil_tcp_accept"),
+    )
+    members: ClassVar[tuple[str, ...]] = (
+        "tcp_sock.bytes_sent",
+        "tcp_sock.bytes_retrans",
+        "tcp_sock.bytes_received",
+        "tcp_sock.total_retrans",
+        "sock.sk_err",
+        "sock.sk_protocol",
+        "sock.__sk_common.skc_family",
+        "inet_sock.inet_sport",
+        "sock.__sk_common.skc_dport",
+        "sock.__sk_common.skc_rcv_saddr",
+        "sock.__sk_common.skc_daddr",
+        "sock.__sk_common.skc_v6_rcv_saddr",
+        "sock.__sk_common.skc_v6_daddr",
+        "sock.__sk_common.skc_flags",
+        "sock.__sk_common.skc_state",
+        "sock.sk_cgrp_data.cgroup",
+        "cgroup.kn",
+        "kernfs_node.id",
+        "task_struct.files",
+        "files_struct.fdt",
+        "fdtable.fd",
+        "fdtable.max_fds",
+        "file.private_data",
+        "socket.file",
+        "socket.sk",
+        "sk_buff.cb",
+        "tcp_skb_cb.tcp_gso_segs",
+    )
+    ring_buffers: ClassVar[tuple[str, ...]] = ("tcp_events",)
+    drops_map: ClassVar[str | None] = "tcp_drops"
+    event_metrics: ClassVar[tuple[EventMetric, ...]] = (
+        EventMetric(CONNECTIONS, KIND, _established, attributes=(DIRECTION,)),
+        EventMetric(FAILURES, KIND, _failed, attributes=(DIRECTION, "error.type")),
+        EventMetric(
+            BYTES,
+            KIND,
+            _attribute(BYTES_SENT),
+            attributes=(DIRECTION,),
+            constant_attributes={"network.io.direction": "transmit"},
+        ),
+        EventMetric(
+            BYTES,
+            KIND,
+            _attribute(BYTES_RECEIVED),
+            attributes=(DIRECTION,),
+            constant_attributes={"network.io.direction": "receive"},
+        ),
+        EventMetric(DURATION, KIND, _attribute(DURATION_NS, scale=1e-9), attributes=(DIRECTION,)),
+    )
+
+    config: TcpProbeConfig
+
+    def defines(self) -> dict[str, int | str]:
+        defines: dict[str, int | str] = {
+            "TCP_RINGBUF_PAGES": self.config.ring_buffer.pages,
+            "TCP_CONNECTIONS_MAX": self.config.max_connections,
+            "TCP_CGROUPS_MAX": self.config.max_cgroups,
+        }
+        if retransmit_tracepoint_has_err(mounts.tracefs_root()):
+            defines["TCP_RETRANSMIT_HAS_ERR"] = 1
+        return defines
+
+    def enabled_hooks(self) -> tuple[Hook, ...]:
+        hooks = self.hooks
+        if self.config.accept_owner:
+            tracefs = mounts.tracefs_root()
+            missing = [h for h in hooks if not features.tracepoint_exists(tracefs, h.tracepoint)]
+            if any(h.tracepoint.startswith("syscalls:") for h in missing):
+                # Kernels built without syscall tracepoints: run without owners.
+                log.warning(
+                    "tcp: no syscall tracepoints (CONFIG_FTRACE_SYSCALLS): accepted "
+                    "connections carry their listener's cgroup and no process"
+                )
+            else:
+                return hooks
+        return tuple(hook for hook in hooks if not hook.tracepoint.startswith("syscalls:"))
+
+    def configure(self, bpf: Any) -> None:
+        """Live settings: wake threshold and retransmit counting (no recompile)."""
+        table = bpf[b"tcp_config"]
+        leaf = table.Leaf()
+        leaf.wake_bytes = self.config.ring_buffer.wake_bytes
+        leaf.retransmits = int(self.config.retransmits)
+        table[ctypes.c_int(0)] = leaf
+
+    def update_config(self, config: TcpProbeConfig) -> bool:
+        fixed = ("max_connections", "max_cgroups", "accept_owner")
+        if config.ring_buffer.pages != self.config.ring_buffer.pages or any(
+            getattr(config, name) != getattr(self.config, name) for name in fixed
+        ):
+            return False  # map sizes are compile-time; hooks change on reload
+        self.config = config
+        if self.bpf is not None:
+            self.configure(self.bpf)
+        return True
+
+    def retransmit_counts(self) -> dict[int, int]:
+        """cgroup id -> retransmitted segments of its sockets since the probe attached."""
+        if self.bpf is None:
+            return {}
+        table = self.bpf[b"tcp_retransmits"]
+        return {key.value: value.value for key, value in table.items()}
+
+    def collect(self) -> list[MetricPoint]:
+        return [
+            MetricPoint(RETRANSMITS, {"vigil.cgroup.id": cgroup_id}, count)
+            for cgroup_id, count in sorted(self.retransmit_counts().items())
+        ]
+
+    # -- decoding ------------------------------------------------------------
+
+    def decode(self, record: bytes) -> Event:
+        if len(record) < RECORD.size:
+            raise DecodeError(f"record of {len(record)} bytes, needs {RECORD.size}")
+        (
+            ts,
+            start_ns,
+            cgroup_id,
+            bytes_sent,
+            bytes_received,
+            _bytes_retrans,
+            pid,
+            total_retrans,
+            error,
+            family,
+            sport,
+            dport,
+            _reserved16,
+            direction,
+            flags,
+            oldstate,
+            _reserved8,
+            saddr,
+            daddr,
+            comm,
+        ) = RECORD.struct.unpack_from(record)
+        if family not in (AF_INET, AF_INET6):
+            raise DecodeError(f"unknown address family {family}")
+        if direction >= len(DIRECTIONS):
+            raise DecodeError(f"unknown direction {direction}")
+        local, _ = _address(family, saddr)
+        peer, peer_v4 = _address(family, daddr)
+        attrs: dict[str, AttributeValue] = {
+            "network.transport": "tcp",
+            "network.type": "ipv4" if peer_v4 else "ipv6",
+            "network.local.address": local,
+            "network.local.port": sport,
+            "network.peer.address": peer,
+            "network.peer.port": dport,
+            DIRECTION: DIRECTIONS[direction],
+            BYTES_SENT: bytes_sent,
+            BYTES_RECEIVED: bytes_received,
+            "vigil.tcp.retransmits": total_retrans,
+            "vigil.cgroup.id": cgroup_id,
+        }
+        if flags & F_OPEN_SEEN:
+            attrs[DURATION_NS] = ts - start_ns
+        else:
+            attrs["vigil.tcp.untracked"] = True
+        if flags & F_OWNER_KNOWN:
+            attrs["process.pid"] = pid
+            attrs["process.executable.name"] = _comm(comm)
+        else:
+            attrs["vigil.tcp.owner_unknown"] = True
+        if oldstate in (SYN_SENT, SYN_RECV):
+            attrs[FAILED] = True
+        if error:
+            attrs["error.type"] = errno.errorcode.get(error, str(error))
+        return Event(KIND, self.context.clock.to_wall_ns(ts), attrs)

@@ -1,0 +1,225 @@
+"""TCP churn: 10,000 loopback connections without and with the agent's tcp probe.
+
+    .venv/bin/python bench/tcp.py [--runs 12] [--connections 10000] [--no-tcplife]
+
+Alternated pairs (workload alone / with the agent: tcp probe + enrichment,
+JSON output), then the same with bcc's tcplife-bpfcc when it is installed.
+Prints median paired ratios of the workload's wall time and of its own CPU
+time (client + server: what the kernel-side probes cost it, less sensitive
+than wall time to the rest of a shared machine), kernel BPF time and agent
+CPU per connection, and checks the agent's JSON output against the ground
+truth the workload made: per connection exactly one close event per side,
+owned by the client's and the server's pid, with that connection's exact
+byte counts. Target (issue 6): slowdown <= 1.10x, 0 lost, bytes exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import AgentRun, BpfStats, build, cpu_seconds, require_root, spread
+
+TCPLIFE = "tcplife-bpfcc"
+
+
+def request_bytes(i: int) -> int:  # bench/src/tcpchurn.c
+    return 1 + (i * 7919) % 4096
+
+
+def response_bytes(i: int) -> int:
+    return 1 + (i * 104729) % 16384
+
+
+@dataclass
+class Run:
+    """One tcpchurn run: wall seconds, its CPU seconds (client + server), its pids."""
+
+    wall: float
+    cpu: float
+    client: int
+    server: int
+
+
+def run_workload(command: list[str]) -> Run:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    _, client, _, server = out.split()
+    return Run(wall, cpu, int(client), int(server))
+
+
+def check_events(path: Path, connections: int, client: int, server: int) -> list[str]:
+    """Problems with the agent's JSON lines for this run (empty: exactly the ground truth)."""
+    expected = collections.Counter(
+        (request_bytes(i), response_bytes(i)) for i in range(connections)
+    )
+    seen: dict[int, collections.Counter[tuple[int, int]]] = {
+        client: collections.Counter(),
+        server: collections.Counter(),
+    }
+    directions = {client: "client", server: "server"}
+    problems = []
+    with path.open() as lines:
+        for line in lines:
+            event = json.loads(line)
+            attrs = event["attributes"]
+            pid = attrs.get("process.pid")
+            if event["kind"] != "network.tcp.close" or pid not in seen:
+                continue  # the rest of the machine
+            if attrs["vigil.tcp.direction"] != directions[pid]:
+                problems.append(f"pid {pid}: direction {attrs['vigil.tcp.direction']}")
+            sent, received = attrs["vigil.tcp.bytes_sent"], attrs["vigil.tcp.bytes_received"]
+            seen[pid][(sent, received) if pid == client else (received, sent)] += 1
+    for pid, counts in seen.items():
+        if counts != expected:
+            missing = sum((expected - counts).values())
+            extra = sum((counts - expected).values())
+            problems.append(f"{directions[pid]}: {missing} connections missing, {extra} wrong")
+    return problems
+
+
+@contextmanager
+def tcplife(output: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """bcc's tcplife, attached (its header printed) until the block ends."""
+    from vigil.agent.kernel import headers  # bcc needs the same header tree as the agent
+
+    env = {**os.environ, **headers.bcc_environment(headers.resolve_headers())}
+    with output.open("wb") as out:
+        proc = subprocess.Popen([TCPLIFE], stdout=out, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 60
+    while b"PID" not in output.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{TCPLIFE} did not start")
+        time.sleep(0.05)
+    try:
+        yield proc
+    finally:
+        time.sleep(0.3)  # let it print what it has
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+@dataclass
+class Figures:
+    """What the alternated pairs of one monitor measured."""
+
+    wall: list[float] = field(default_factory=list)  # with / without, paired
+    cpu: list[float] = field(default_factory=list)  # the workload's own CPU, paired
+    notes: list[str] = field(default_factory=list)
+
+
+def alternate(runs: int, without: Callable[[], Run], with_monitor: Callable[[], Run]) -> Figures:
+    """`runs` pairs, alternating which side goes first so drift hits both equally."""
+    figures = Figures()
+    for run in range(runs):
+        if run % 2 == 0:
+            alone = without()
+        monitored = with_monitor()
+        if run % 2 == 1:
+            alone = without()
+        figures.wall.append(monitored.wall / alone.wall)
+        figures.cpu.append(monitored.cpu / alone.cpu)
+        print(
+            f"run {run + 1:2d}: with {monitored.wall:.3f}s without {alone.wall:.3f}s "
+            f"ratio {figures.wall[-1]:.3f} (workload CPU {figures.cpu[-1]:.3f})",
+            flush=True,
+        )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=12, help="alternated pairs (>= 12)")
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--no-tcplife", action="store_true", help="skip the tcplife comparison")
+    args = parser.parse_args()
+    require_root()
+    churn = [str(build("tcpchurn")), str(args.connections)]
+    work = Path(tempfile.mkdtemp(prefix="vigil-bench-tcp-"))
+    config = work / "agent.yaml"
+    config.write_text("probes:\n  tcp:\n    enabled: true\n")
+    events = work / "events.jsonl"
+    agent_args = ["--config", str(config), "--probes", "tcp", "--output", "json"]
+    bpf_ns, cpu_us, readies, rss = [], [], [], []
+    lost = decode_errors = received = 0
+    problems: list[str] = []
+
+    def with_vigil() -> Run:
+        nonlocal lost, decode_errors, received
+        with AgentRun(agent_args, stdout=events) as agent:
+            cpu0, bpf0 = cpu_seconds(agent.pid), BpfStats.snapshot("vigil_tcp")
+            run = run_workload(churn)
+            time.sleep(0.3)  # > the 50 ms drain interval
+            cpu1, bpf1 = cpu_seconds(agent.pid), BpfStats.snapshot("vigil_tcp")
+        counters = agent.counters.get("tcp", {})
+        received += counters.get("received", 0)
+        decode_errors += counters.get("decode_errors", 0)
+        lost += agent.lost()
+        bpf_ns.append((bpf1[0] - bpf0[0]) / args.connections)
+        cpu_us.append((cpu1 - cpu0) * 1e6 / args.connections)
+        readies.append(agent.ready_seconds)
+        rss.append(agent.peak_rss_mb)
+        problems.extend(check_events(events, args.connections, run.client, run.server))
+        return run
+
+    def with_tcplife() -> Run:
+        with tcplife(work / "tcplife.txt"):
+            run = run_workload(churn)
+        # One line per socket closed, after the header (the rest of the host's too).
+        if (work / "tcplife.txt").read_text().count("\n") - 1 < 2 * args.connections:
+            tcplife_figures.notes.append("missed closes")
+        return run
+
+    load = os.getloadavg()[0]
+    with BpfStats():
+        print("vigil (tcp probe + enrichment, JSON output):")
+        vigil = alternate(args.runs, lambda: run_workload(churn), with_vigil)
+        tcplife_figures = Figures()
+        if not args.no_tcplife and shutil.which(TCPLIFE):
+            print(f"{TCPLIFE}:")
+            measured = alternate(args.runs, lambda: run_workload(churn), with_tcplife)
+            tcplife_figures.wall, tcplife_figures.cpu = measured.wall, measured.cpu
+    shutil.rmtree(work)
+
+    print(f"\ntcp churn: {args.connections} connections x {args.runs} alternated pairs")
+    print(f"  load average before / after:          {load:.2f} / {os.getloadavg()[0]:.2f}")
+    print(f"  slowdown with vigil (paired wall):    {spread(vigil.wall)}")
+    print(f"  workload CPU with vigil (paired):     {spread(vigil.cpu)}")
+    if tcplife_figures.wall:
+        print(f"  slowdown with {TCPLIFE} (wall):  {spread(tcplife_figures.wall)}")
+        print(f"  workload CPU with {TCPLIFE}:     {spread(tcplife_figures.cpu)}")
+        print(f"  {TCPLIFE} runs that missed closes: {len(tcplife_figures.notes)}")
+    else:
+        print(f"  {TCPLIFE}: not installed or skipped")
+    print(f"  kernel BPF time per connection (ns):  {spread(bpf_ns, '{:.0f}')}")
+    print(f"  agent CPU per connection (us):        {spread(cpu_us, '{:.1f}')}")
+    print(f"  events received / lost / undecodable: {received} / {lost} / {decode_errors}")
+    print(f"  agent peak RSS (MB):                  {spread(rss, '{:.0f}')}")
+    print(f"  seconds to ready:                     {spread(readies, '{:.2f}')}")
+    print(f"  JSON output vs ground truth:          {'exact' if not problems else 'WRONG'}")
+    for problem in problems[:20]:
+        print(f"    {problem}")
+    if problems:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
