@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -91,6 +92,18 @@ def _children_execs(parent: int) -> Callable[[Event], bool]:
     return predicate
 
 
+def _loopback_connection() -> int:
+    """One TCP connection over 127.0.0.1, both ends closed; returns the server's port."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = int(server.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            client.sendall(b"ping")
+            assert accepted.recv(4) == b"ping"
+            accepted.close()
+    return port
+
+
 def _is_suffix(flags: list[bool]) -> bool:
     """False...False True...True with both parts present."""
     first = flags.index(True) if True in flags else len(flags)
@@ -137,6 +150,20 @@ def test_no_exec_is_lost_across_a_swap_that_adds_a_rule(tmp_path: Path) -> None:
         seen = sink.wait_for(execs, count=count, timeout=30)
         time.sleep(0.3)  # anything extra (a duplicate) would arrive by now
         seen = sink.matching(execs)
+        if adds_tcp:  # the added probe runs: a loopback connection is reported
+            port = _loopback_connection()
+            closes = sink.wait_for(
+                lambda e: (
+                    e.kind == "network.tcp.close"
+                    and port
+                    in (
+                        e.attributes.get("network.local.port"),
+                        e.attributes.get("network.peer.port"),
+                    )
+                ),
+                count=2,
+            )
+            assert len(closes) == 2, "a close per side"
 
     assert len(seen) == count
     assert len({e.attributes["process.pid"] for e in seen}) == count
@@ -161,8 +188,6 @@ def test_no_exec_is_lost_across_a_swap_that_adds_a_rule(tmp_path: Path) -> None:
     assert counters["rules"]["errors"] == 0
     assert counters["process"]["dropped_kernel"] == 0
     assert counters["process"]["dropped_queue"] == 0
-    if adds_tcp:
-        assert agent.probes["tcp"].attached
 
 
 def test_invalid_config_is_rejected_and_the_old_one_stays(

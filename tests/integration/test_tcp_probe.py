@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.agent import CollectingSink, scratch_cgroup, spawn
 from tests.support.bpf import require_bpf
+from tests.support.selection import kernel_selection
 from vigil.agent.kernel import compiler, mounts
 from vigil.agent.pipeline.events import Event
 from vigil.agent.probes.tcp import KIND, RECORD, RETRANSMITS, TcpProbe
@@ -356,19 +357,18 @@ def test_refused_connect_is_reported_as_a_failed_client_connection(sink: Collect
 
 
 def test_unselected_cgroups_are_filtered_in_the_kernel(agent: Agent, sink: CollectingSink) -> None:
-    bpf = agent.probes["tcp"].bpf
-    mode, selected = bpf[b"vigil_selection_mode"], bpf[b"vigil_selected_cgroups"]
-    with scratch_cgroup() as server_cgroup, scratch_cgroup() as client_cgroup:
-        client_id = ctypes.c_uint64(client_cgroup.stat().st_ino)
-        selected[client_id] = ctypes.c_uint8(1)
-        mode[ctypes.c_int(0)] = ctypes.c_uint32(1)  # VIGIL_SELECT_LISTED
-        try:
-            with exchange(server_cgroup, client_cgroup, count=2, first=5, rest=5, reply=3) as peers:
-                peers.run()
-            exactly(sink, closes_of(peers.client.pid), 2)
-        finally:
-            mode[ctypes.c_int(0)] = ctypes.c_uint32(0)
-            del selected[client_id]
+    with (
+        scratch_cgroup() as server_cgroup,
+        scratch_cgroup() as client_cgroup,
+        kernel_selection(
+            agent.probes["tcp"].bpf,
+            selected=[client_cgroup.stat().st_ino],
+            unselected=[server_cgroup.stat().st_ino],
+        ),
+    ):
+        with exchange(server_cgroup, client_cgroup, count=2, first=5, rest=5, reply=3) as peers:
+            peers.run()
+        exactly(sink, closes_of(peers.client.pid), 2)
     servers_port = peers.port
     assert not sink.matching(closes_of(peers.server.pid))
     assert not sink.matching(
@@ -422,7 +422,7 @@ def test_without_accept_tracking_server_connections_carry_the_listeners_cgroup()
     agent = Agent(config, sinks=[sink], probes=["tcp"])
     agent.start()
     try:
-        attached = {hook.tracepoint for hook in agent.probes["tcp"]._attached}
+        attached = {hook.tracepoint for hook, _link in agent.probes["tcp"]._attached}
         assert attached == {"sock:inet_sock_set_state", "tcp:tcp_retransmit_skb"}
         with scratch_cgroup() as server_cgroup, scratch_cgroup() as client_cgroup:
             with exchange(server_cgroup, client_cgroup, count=1, first=3, rest=4, reply=5) as peers:
