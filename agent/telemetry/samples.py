@@ -32,6 +32,8 @@ class MetricSpec:
     description: str
     # Histograms from log2 slots: the factor from the kernel's unit to `unit`.
     scale: float = 1.0
+    # Histograms fed by events: explicit bucket bounds in `unit` (empty: the SDK's).
+    buckets: tuple[float, ...] = ()
 
 
 @dataclass(slots=True)
