@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,8 +24,9 @@ from typing import Any, Protocol
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, ScopeMetrics
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from vigil import __version__
 from vigil.agent.probes.base import Probe
@@ -39,7 +41,9 @@ from vigil.agent.telemetry.exporters import (
 )
 from vigil.agent.telemetry.logs import RuleLogs
 from vigil.agent.telemetry.metrics import (
+    KERNEL_SCOPE,
     Collector,
+    EventHistograms,
     EventMetrics,
     KernelMetrics,
     PeriodicReader,
@@ -52,6 +56,9 @@ from vigil.api.events import AttributeValue
 from vigil.api.export import Export
 
 log = logging.getLogger(__name__)
+
+# The SDK instruments' scope; event-fed histograms are exported under it too.
+METER_SCOPE = InstrumentationScope("vigil.agent", __version__)
 
 RULE_MATCHES = EventMetric(
     MetricSpec("vigil.rule.matches", "counter", "{match}", "Events a policy rule matched"),
@@ -129,7 +136,11 @@ class Telemetry:
             return provider.resolve(export.otlp, endpoint=endpoint, signal=signal)
 
         # -- metrics
-        self.kernel_metrics = KernelMetrics(attribute_keys=export.metrics.attributes)
+        started = time.time_ns()
+        self.kernel_metrics = KernelMetrics(
+            attribute_keys=export.metrics.attributes, start_time_ns=started
+        )
+        self.event_histograms = EventHistograms(start_time_ns=started)
         readers: list[MetricReader] = []
         self._metric_exporter: CountingMetricExporter | None = None
         if otlp and export.metrics.enabled:
@@ -138,7 +149,7 @@ class Telemetry:
             readers.append(
                 PeriodicReader(
                     self._metric_exporter,
-                    kernel_metrics=self.kernel_metrics,
+                    extra_scopes=self._extra_scopes,
                     interval_ms=export.metrics.interval_ms,
                     timeout_ms=timeout_ms,
                 )
@@ -150,9 +161,12 @@ class Telemetry:
         self.meter_provider = MeterProvider(
             metric_readers=readers, resource=self.resource, shutdown_on_exit=False
         )
-        meter = self.meter_provider.get_meter("vigil.agent", __version__)
+        meter = self.meter_provider.get_meter(METER_SCOPE.name, METER_SCOPE.version)
         self.event_metrics = EventMetrics(
-            meter, attribute_keys=export.metrics.attributes, builtin=(RULE_MATCHES,)
+            meter,
+            self.event_histograms,
+            attribute_keys=export.metrics.attributes,
+            builtin=(RULE_MATCHES,),
         )
         register_health(meter, counters=self._current_counters, export=self.counters)
 
@@ -210,7 +224,7 @@ class Telemetry:
 
         settings = self.settings.prometheus
         registry = CollectorRegistry(auto_describe=True)
-        reader = PrometheusReader(kernel_metrics=self.kernel_metrics, registry=registry)
+        reader = PrometheusReader(extra_scopes=self._extra_scopes, registry=registry)
         try:
             server, _thread = start_http_server(
                 settings.port, addr=settings.host, registry=registry
@@ -246,6 +260,17 @@ class Telemetry:
         self._enricher = enricher
         self._agent_counters = counters
         self.kernel_metrics.bind(self._collectors, self._resolve)
+
+    def _extra_scopes(self) -> list[ScopeMetrics]:
+        """Kernel aggregates and event-fed histograms, for every export and scrape."""
+        scopes = []
+        kernel = self.kernel_metrics.collect()
+        if kernel:
+            scopes.append(ScopeMetrics(scope=KERNEL_SCOPE, metrics=kernel, schema_url=""))
+        histograms = self.event_histograms.metrics(time.time_ns())
+        if histograms:
+            scopes.append(ScopeMetrics(scope=METER_SCOPE, metrics=histograms, schema_url=""))
+        return scopes
 
     def _current_counters(self) -> Mapping[str, Mapping[str, int]]:
         return self._agent_counters()  # late-bound: bind() replaces the source

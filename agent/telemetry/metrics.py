@@ -14,12 +14,14 @@ Three sources reach the same MeterProvider:
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -192,79 +194,228 @@ class KernelMetrics:
                         log.warning("probe %s: collecting metrics failed: %s", collector.name, exc)
             return self.convert(points, time.time_ns())
 
-    def append_to(self, metrics_data: MetricsData) -> MetricsData:
-        metrics = self.collect()
-        if not metrics:
-            return metrics_data
-        scope = ScopeMetrics(scope=KERNEL_SCOPE, metrics=metrics, schema_url="")
-        first, *rest = metrics_data.resource_metrics
-        return MetricsData(
-            resource_metrics=[
-                ResourceMetrics(
-                    resource=first.resource,
-                    scope_metrics=[*first.scope_metrics, scope],
-                    schema_url=first.schema_url,
-                ),
-                *rest,
-            ]
-        )
+
+def append_scopes(metrics_data: MetricsData, scopes: Sequence[ScopeMetrics]) -> MetricsData:
+    """`metrics_data` with `scopes` added to its first resource.
+
+    A scope the SDK already reports gets the metrics added to its own entry:
+    exporters key scopes by equality, so a second entry would replace the first.
+    """
+    if not scopes:
+        return metrics_data
+    first, *rest = metrics_data.resource_metrics
+    merged = list(first.scope_metrics)
+    for extra in scopes:
+        for index, existing in enumerate(merged):
+            if existing.scope == extra.scope:
+                merged[index] = ScopeMetrics(
+                    scope=existing.scope,
+                    metrics=[*existing.metrics, *extra.metrics],
+                    schema_url=existing.schema_url,
+                )
+                break
+        else:
+            merged.append(extra)
+    return MetricsData(
+        resource_metrics=[
+            ResourceMetrics(
+                resource=first.resource, scope_metrics=merged, schema_url=first.schema_url
+            ),
+            *rest,
+        ]
+    )
 
 
-class _KernelMetricsReader:
-    """Mixin for metric readers: kernel aggregates join every collection."""
+class _AppendingReader:
+    """Mixin for metric readers: vigil's own aggregates join every collection."""
 
-    kernel_metrics: KernelMetrics | None
+    extra_scopes: Callable[[], Sequence[ScopeMetrics]] | None
 
     def _receive_metrics(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> None:
-        if self.kernel_metrics is not None and metrics_data is not None:
+        if self.extra_scopes is not None and metrics_data is not None:
             try:
-                metrics_data = self.kernel_metrics.append_to(metrics_data)
+                metrics_data = append_scopes(metrics_data, self.extra_scopes())
             except Exception:
-                log.exception("kernel metrics could not be added to this export")
+                log.exception("kernel and event aggregates could not join this export")
         super()._receive_metrics(metrics_data, timeout_millis, **kwargs)  # type: ignore[misc]
 
 
-class PeriodicReader(_KernelMetricsReader, PeriodicExportingMetricReader):
+class PeriodicReader(_AppendingReader, PeriodicExportingMetricReader):
     def __init__(
         self,
         exporter: MetricExporter,
         *,
-        kernel_metrics: KernelMetrics | None,
+        extra_scopes: Callable[[], Sequence[ScopeMetrics]] | None,
         interval_ms: float,
         timeout_ms: float,
     ) -> None:
-        self.kernel_metrics = kernel_metrics  # before the ticker thread starts
+        self.extra_scopes = extra_scopes  # before the ticker thread starts
         super().__init__(
             exporter, export_interval_millis=interval_ms, export_timeout_millis=timeout_ms
         )
 
 
-class PrometheusReader(_KernelMetricsReader, PrometheusMetricReader):
-    def __init__(self, *, kernel_metrics: KernelMetrics | None, registry: Any) -> None:
-        self.kernel_metrics = kernel_metrics
+class PrometheusReader(_AppendingReader, PrometheusMetricReader):
+    def __init__(
+        self, *, extra_scopes: Callable[[], Sequence[ScopeMetrics]] | None, registry: Any
+    ) -> None:
+        self.extra_scopes = extra_scopes
         super().__init__(registry=registry)
 
 
 # -- event-fed instruments ---------------------------------------------------------
+
+# Distinct attribute sets kept per event-fed histogram (the SDK's default
+# cardinality limit); more land in one `otel.metric.overflow=true` point.
+HISTOGRAM_CARDINALITY = 2000
+_OVERFLOW: AttributeKey = (("otel.metric.overflow", True),)
+
+
+@dataclass(slots=True)
+class _Buckets:
+    counts: list[int]
+    sum: float = 0.0
+    count: int = 0
+    min: float = math.inf
+    max: float = -math.inf
+
+
+class EventHistograms:
+    """Cumulative explicit-bucket histograms fed by events (thread-safe).
+
+    The SDK's Histogram.record costs 5-8 us per value here (a measurement
+    object, context lookup, attribute hashing, exemplar filter and a lock per
+    reader), more than the rest of an exit event's handling; this is a bisect
+    and three additions. The data reach every reader with the kernel
+    aggregates, as points of the same instrumentation scope as the SDK's.
+    """
+
+    def __init__(self, *, start_time_ns: int) -> None:
+        self.start_time_ns = start_time_ns
+        self.lock = threading.Lock()
+        self._series: dict[str, tuple[MetricSpec, tuple[float, ...], dict[Any, _Buckets]]] = {}
+
+    def series(self, spec: MetricSpec) -> tuple[tuple[float, ...], dict[Any, _Buckets]]:
+        """The bounds and per-attribute-set buckets of `spec` (created on first use)."""
+        with self.lock:
+            known = self._series.get(spec.name)
+            if known is None:
+                bounds = spec.buckets or DEFAULT_BUCKETS
+                known = self._series[spec.name] = (spec, bounds, {})
+            return known[1], known[2]
+
+    @staticmethod
+    def add(bounds: tuple[float, ...], series: dict[Any, _Buckets], key: Any, value: float) -> None:
+        """Caller holds `lock`. Buckets are upper-inclusive, like the SDK's."""
+        buckets = series.get(key)
+        if buckets is None:
+            if len(series) >= HISTOGRAM_CARDINALITY:
+                key = _OVERFLOW
+                buckets = series.get(key)
+            if buckets is None:
+                buckets = series[key] = _Buckets([0] * (len(bounds) + 1))
+        buckets.counts[bisect.bisect_left(bounds, value)] += 1
+        buckets.sum += value
+        buckets.count += 1
+        buckets.min = min(buckets.min, value)
+        buckets.max = max(buckets.max, value)
+
+    def metrics(self, time_ns: int) -> list[Metric]:
+        with self.lock:
+            snapshot = [
+                (
+                    spec,
+                    bounds,
+                    [
+                        (key, _Buckets(list(b.counts), b.sum, b.count, b.min, b.max))
+                        for key, b in series.items()
+                    ],
+                )
+                for spec, bounds, series in self._series.values()
+                if series
+            ]
+        metrics = []
+        for spec, bounds, points in snapshot:
+            data_points = [
+                HistogramDataPoint(
+                    attributes=dict(key),
+                    start_time_unix_nano=self.start_time_ns,
+                    time_unix_nano=time_ns,
+                    count=buckets.count,
+                    sum=buckets.sum,
+                    bucket_counts=buckets.counts,
+                    explicit_bounds=bounds,
+                    min=buckets.min,
+                    max=buckets.max,
+                )
+                for key, buckets in points
+            ]
+            metrics.append(
+                Metric(
+                    name=spec.name,
+                    description=spec.description,
+                    unit=spec.unit,
+                    data=Histogram(
+                        data_points=data_points,
+                        aggregation_temporality=AggregationTemporality.CUMULATIVE,
+                    ),
+                )
+            )
+        return metrics
+
+
+# The SDK's default explicit bounds, for event histograms that declare none.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0,
+    7500.0, 10000.0,
+)  # fmt: skip
+
+
+_SUMMED = frozenset({"counter", "updown_counter"})
 
 
 @dataclass(slots=True)
 class _Bound:
     metric: EventMetric
     keys: tuple[str, ...]  # configured pod-level keys, then the metric's own
-    instrument: Any
-    summed: bool  # counters: one add per batch and attribute set
+    kind: str
+    instrument: Any = None  # counters, up-down counters, gauges: the SDK instrument
+    bounds: tuple[float, ...] = ()  # histograms: vigil's own aggregation
+    series: dict[Any, _Buckets] | None = None
+    cache: dict[tuple[Any, ...], tuple[Attributes, AttributeKey]] = field(default_factory=dict)
+
+    def attributes_of(self, values: tuple[Any, ...]) -> tuple[Attributes, AttributeKey]:
+        """The attributes for these key values, as a dict and as a sorted key (cached)."""
+        found = self.cache.get(values)
+        if found is None:
+            attributes = {k: v for k, v in zip(self.keys, values, strict=True) if v is not None}
+            attributes.update(self.metric.constant_attributes)
+            found = (attributes, _key(attributes))
+            if len(self.cache) < HISTOGRAM_CARDINALITY:
+                self.cache[values] = found
+        return found
 
 
 class EventMetrics:
-    """Records EventMetrics for every event through SDK instruments (cached by name)."""
+    """Records each probe's EventMetrics for every event.
+
+    Counters, up-down counters and gauges go through SDK instruments (cached
+    by name), summed per batch and attribute set first: one `add` per batch,
+    not per event. Histograms go to EventHistograms (see there).
+    """
 
     def __init__(
-        self, meter: Meter, *, attribute_keys: Sequence[str], builtin: Sequence[EventMetric] = ()
+        self,
+        meter: Meter,
+        histograms: EventHistograms,
+        *,
+        attribute_keys: Sequence[str],
+        builtin: Sequence[EventMetric] = (),
     ) -> None:
         self._meter = meter
+        self._histograms = histograms
         self.attribute_keys = tuple(attribute_keys)
         self._builtin = tuple(builtin)
         self._instruments: dict[str, tuple[MetricSpec, Any]] = {}
@@ -290,15 +441,8 @@ class EventMetrics:
             instrument = meter.create_counter(spec.name, spec.unit, spec.description)
         elif spec.kind == "updown_counter":
             instrument = meter.create_up_down_counter(spec.name, spec.unit, spec.description)
-        elif spec.kind == "gauge":
-            instrument = meter.create_gauge(spec.name, spec.unit, spec.description)
         else:
-            instrument = meter.create_histogram(
-                spec.name,
-                spec.unit,
-                spec.description,
-                explicit_bucket_boundaries_advisory=spec.buckets or None,
-            )
+            instrument = meter.create_gauge(spec.name, spec.unit, spec.description)
         self._instruments[spec.name] = (spec, instrument)
         return instrument
 
@@ -312,12 +456,12 @@ class EventMetrics:
             keys = self.attribute_keys + tuple(
                 k for k in metric.attributes if k not in self.attribute_keys
             )
-            bound = _Bound(
-                metric,
-                keys,
-                self._instrument(metric.spec),
-                metric.spec.kind in ("counter", "updown_counter"),
-            )
+            spec = metric.spec
+            if spec.kind == "histogram":
+                bounds, series = self._histograms.series(spec)
+                bound = _Bound(metric, keys, spec.kind, bounds=bounds, series=series)
+            else:
+                bound = _Bound(metric, keys, spec.kind, instrument=self._instrument(spec))
             by_kind.setdefault(metric.kind, []).append(bound)
         self._by_kind = by_kind
         self._declared = declared
@@ -327,34 +471,50 @@ class EventMetrics:
         if not by_kind:
             return
         sums: dict[tuple[int, tuple[Any, ...]], float] = {}
-        bounds: dict[int, _Bound] = {}
+        bounds_by_id: dict[int, _Bound] = {}
+        observed: list[tuple[_Bound, tuple[Any, ...], float]] = []
         for event in events:
             metrics = by_kind.get(event.kind)
             if metrics is None:
                 continue
-            attributes = event.attributes
+            get = event.attributes.get
             for bound in metrics:
                 value = bound.metric.value(event)
                 if value is None:
                     continue
-                values = tuple(_hashable(attributes.get(k)) for k in bound.keys)
-                if bound.summed:
+                values = tuple(map(get, bound.keys))
+                kind = bound.kind
+                if kind in _SUMMED:
                     key = (id(bound), values)
-                    sums[key] = sums.get(key, 0) + value
-                    bounds[id(bound)] = bound
-                elif bound.metric.spec.kind == "histogram":
-                    bound.instrument.record(value, self._attributes(bound, values))
+                    try:
+                        sums[key] = sums.get(key, 0) + value
+                    except TypeError:  # a list value: make it hashable
+                        key = (id(bound), tuple(map(_hashable, values)))
+                        sums[key] = sums.get(key, 0) + value
+                    bounds_by_id[id(bound)] = bound
                 else:
-                    bound.instrument.set(value, self._attributes(bound, values))
+                    observed.append((bound, values, value))
         for (bound_id, values), total in sums.items():
-            bound = bounds[bound_id]
-            bound.instrument.add(total, self._attributes(bound, values))
+            bound = bounds_by_id[bound_id]
+            bound.instrument.add(total, bound.attributes_of(values)[0])
+        if observed:
+            self._observe(observed)
 
-    @staticmethod
-    def _attributes(bound: _Bound, values: tuple[Any, ...]) -> Attributes:
-        attributes = {k: v for k, v in zip(bound.keys, values, strict=True) if v is not None}
-        attributes.update(bound.metric.constant_attributes)
-        return attributes
+    def _observe(self, observed: list[tuple[_Bound, tuple[Any, ...], float]]) -> None:
+        add = EventHistograms.add
+        with self._histograms.lock:
+            for bound, values, value in observed:
+                if bound.series is None:
+                    continue
+                try:
+                    key = bound.attributes_of(values)[1]
+                except TypeError:  # a list value: make it hashable
+                    key = bound.attributes_of(tuple(map(_hashable, values)))[1]
+                add(bound.bounds, bound.series, key, value)
+        for bound, values, value in observed:
+            if bound.series is None:  # gauges: the last value wins
+                attributes = bound.attributes_of(tuple(map(_hashable, values)))[0]
+                bound.instrument.set(value, attributes)
 
 
 # -- the agent's own health ----------------------------------------------------------
@@ -390,8 +550,8 @@ def register_health(
             lost = values.get("dropped_queue", 0) + values.get("decode_errors", 0)
             accepted = values["received"] - lost
             yield Observation(accepted, {"vigil.probe": name, "outcome": "accepted"})
-            for outcome, field in _OUTCOMES:
-                yield Observation(values.get(field, 0), {"vigil.probe": name, "outcome": outcome})
+            for outcome, counter in _OUTCOMES:
+                yield Observation(values.get(counter, 0), {"vigil.probe": name, "outcome": outcome})
 
     def map_full(_options: CallbackOptions) -> Iterable[Observation]:
         for name, values in current().items():

@@ -52,6 +52,9 @@ RECENT_LIMIT = 4096  # ended spans whose context late events may still need
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
+_OOM_KILLED = Status(StatusCode.ERROR, "OOM killed")
+# The span's own start and end: not repeated as attributes.
+_SPAN_TIMES = ("process.creation.time", "process.exit.time")
 _TCP_KINDS = {"client": SpanKind.CLIENT, "server": SpanKind.SERVER}
 
 
@@ -62,6 +65,7 @@ class _Open:
     name: str
     start_ns: int
     attributes: Mapping[str, AttributeValue]  # the event's own dict: never mutated here
+    sampled: bool
     events: BoundedList[SpanEvent] | None = None
     oom_killed: bool = False
 
@@ -69,7 +73,7 @@ class _Open:
 def exit_status(attributes: Mapping[str, AttributeValue], *, oom_killed: bool) -> Status:
     """ERROR for an OOM kill, a signal or a non-zero exit code; UNSET otherwise."""
     if oom_killed:
-        return Status(StatusCode.ERROR, "OOM killed")
+        return _OOM_KILLED
     signal = attributes.get("vigil.process.exit.signal")
     if signal:
         return Status(StatusCode.ERROR, f"killed by signal {signal}")
@@ -146,11 +150,22 @@ class ProcessSpans:
             flags = _SAMPLED if sampled else _NOT_SAMPLED
         return SpanContext(trace_id, self._ids.generate_span_id(), False, flags)
 
+    def _open_state(
+        self,
+        parent: SpanContext | None,
+        name: str,
+        start_ns: int,
+        attributes: Mapping[str, AttributeValue],
+    ) -> _Open:
+        context = self._new_context(parent, name)
+        sampled = context.trace_flags is _SAMPLED or context.trace_flags.sampled
+        return _Open(context, parent, name, start_ns, attributes, sampled)
+
     def _state(self, event: Event, start_ns: int) -> _Open:
         attributes = event.attributes
         parent = self.context_of(attributes.get(PPID))
         name = str(attributes.get(EXE_NAME) or "process")
-        return _Open(self._new_context(parent, name), parent, name, start_ns, attributes)
+        return self._open_state(parent, name, start_ns, attributes)
 
     def _track(self, pid: int, state: _Open, now_ns: int) -> None:
         open_spans = self._open
@@ -182,7 +197,7 @@ class ProcessSpans:
         status: Status,
         kind: SpanKind,
     ) -> None:
-        if not state.context.trace_flags.sampled:
+        if not state.sampled:
             return
         self._processor.on_end(
             ReadableSpan(
@@ -202,6 +217,8 @@ class ProcessSpans:
 
     def _end_running(self, state: _Open, end_ns: int) -> None:
         attributes = dict(state.attributes)
+        for key in _SPAN_TIMES:
+            attributes.pop(key, None)
         attributes[RUNNING] = True
         self._emit(state, end_ns, attributes, _UNSET, SpanKind.INTERNAL)
 
@@ -256,10 +273,14 @@ class ProcessSpans:
         # What the process was (start attributes) wins; the exit adds its own keys.
         attributes = dict(attrs)
         attributes.update(state.attributes)
-        status = exit_status(attrs, oom_killed=state.oom_killed)
+        for key in _SPAN_TIMES:
+            attributes.pop(key, None)
         code = attrs.get("process.exit.code")
         if code:
             attributes["error.type"] = str(code)
+            status = exit_status(attrs, oom_killed=state.oom_killed)
+        else:
+            status = _OOM_KILLED if state.oom_killed else _UNSET
         self._finish(pid, state, event.time_ns, attributes, status)
 
     def _on_oom_kill(self, event: Event) -> None:
@@ -281,7 +302,7 @@ class ProcessSpans:
             if isinstance(direction, str)
             else (SpanKind.INTERNAL)
         )
-        state = _Open(self._new_context(parent, name), parent, name, start, attrs)
+        state = self._open_state(parent, name, start, attrs)
         self._emit(state, event.time_ns, attrs, _UNSET, kind)
 
     def _on_syscall_slow(self, event: Event) -> None:

@@ -27,7 +27,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 # Tags: (field number << 3) | wire type (0 varint, 1 fixed64, 2 bytes, 5 fixed32).
 _REQUEST_RESOURCE_SPANS = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
@@ -58,6 +58,8 @@ _STATUS_CODE = b"\x18"  # Status.code = 3
 
 # SpanKind values of the API are the proto's minus one (proto 0 is UNSPECIFIED).
 _KINDS = {kind: bytes([kind.value + 1]) for kind in SpanKind}
+_KIND_INTERNAL = _KINDS[SpanKind.INTERNAL]
+_STATUS_EMPTY = _STATUS + b"\x00"  # the SDK always sends a status, even an empty one
 _FLAGS_LOCAL_PARENT = _FLAGS + struct.pack("<I", SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK)
 _FLAGS_REMOTE_PARENT = _FLAGS + struct.pack(
     "<I",
@@ -70,9 +72,17 @@ _FIXED64 = struct.Struct("<Q").pack
 CACHE_LIMIT = 65536
 
 
+_BYTES = [bytes((v,)) for v in range(256)]
+
+
 def varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int (the common sizes unrolled)."""
     if value < 0x80:
-        return bytes((value,))
+        return _BYTES[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes((value & 0x7F | 0x80, (value >> 7) & 0x7F | 0x80, value >> 14))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -110,6 +120,11 @@ def any_value(value: Any) -> AnyValue:
     raise TypeError(f"attribute value of type {type(value).__name__} cannot be exported")
 
 
+def _length_prefixed(message: KeyValue) -> bytes:
+    body: bytes = message.SerializeToString()
+    return varint(len(body)) + body
+
+
 def _key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
     return [KeyValue(key=k, value=any_value(v)) for k, v in attributes.items()]
 
@@ -118,41 +133,86 @@ class SpanEncoder:
     """Spans -> serialized ExportTraceServiceRequest. One per exporter (not thread-safe)."""
 
     def __init__(self, cache_limit: int = CACHE_LIMIT) -> None:
-        self._attributes: dict[tuple[str, type, Any], bytes] = {}
         self._cache_limit = cache_limit
-        self._resources: dict[Resource, bytes] = {}
+        # Per field tag, per value type: (key, value) -> the whole field (tag,
+        # length, KeyValue). One dict per type keeps 1, 1.0 and True apart.
+        self._scalars: dict[bytes, dict[type, dict[tuple[str, Any], bytes]]] = {
+            tag: {str: {}, int: {}, bool: {}} for tag in (_ATTRIBUTE, _EVENT_ATTRIBUTE)
+        }
+        self._others: dict[tuple[bytes, str, type, Any], bytes] = {}
+        self._keys: dict[str, bytes] = {}
+        # By identity: Resource.__hash__ serializes its attributes on every call.
+        self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[InstrumentationScope | None, bytes] = {}
 
-    def _key_value(self, key: str, value: Any) -> bytes:
-        """varint length + KeyValue bytes, cached by (key, type, value)."""
-        hashable = tuple(value) if isinstance(value, list) else value
+    def _key(self, key: str) -> bytes:
+        """KeyValue.key (field 1) with its tag, cached: keys are few."""
+        encoded = self._keys.get(key)
+        if encoded is None:
+            raw = key.encode()
+            encoded = b"\x0a" + varint(len(raw)) + raw
+            if len(self._keys) < 4096:
+                self._keys[key] = encoded
+        return encoded
+
+    def _scalar(
+        self, tag: bytes, key: str, value: str | int | bool, cache: dict[tuple[str, Any], bytes]
+    ) -> bytes:
+        """Encode a str, int or bool attribute by hand and cache it."""
+        if isinstance(value, str):
+            raw = value.encode()
+            any_value = b"\x0a" + varint(len(raw)) + raw  # AnyValue.string_value = 1
+        elif isinstance(value, bool):
+            any_value = b"\x10\x01" if value else b"\x10\x00"  # AnyValue.bool_value = 2
+        else:
+            # AnyValue.int_value = 3: an int64, negative ones as two's complement.
+            any_value = b"\x18" + varint(value if value >= 0 else value + (1 << 64))
+        body = self._key(key) + b"\x12" + varint(len(any_value)) + any_value
+        encoded = tag + varint(len(body)) + body
+        if len(cache) >= self._cache_limit:
+            cache.clear()  # pids and timestamps pass through: start over
+        cache[key, value] = encoded
+        return encoded
+
+    def _other(self, tag: bytes, key: str, value: Any) -> bytes:
+        """Floats, lists, bytes, mappings: the generated classes encode, cached if hashable."""
+        kind = type(value)
+        cache_key = (tag, key, kind, tuple(value) if kind is list else value)
         try:
-            cache_key = (key, type(value), hashable)
-            cached = self._attributes.get(cache_key)
+            cached = self._others.get(cache_key)
         except TypeError:  # unhashable (a mapping): encode every time
-            cache_key, cached = None, None
+            return tag + _length_prefixed(KeyValue(key=key, value=any_value(value)))
         if cached is None:
-            body = KeyValue(key=key, value=any_value(value)).SerializeToString()
-            cached = varint(len(body)) + body
-            if cache_key is not None:
-                if len(self._attributes) >= self._cache_limit:
-                    self._attributes.clear()
-                self._attributes[cache_key] = cached
+            cached = tag + _length_prefixed(KeyValue(key=key, value=any_value(value)))
+            if len(self._others) >= self._cache_limit:
+                self._others.clear()
+            self._others[cache_key] = cached
         return cached
 
     def _attributes_of(self, tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]:
+        """Each attribute as a whole field (tag, length, KeyValue)."""
         if not attributes:
             return []
-        key_value = self._key_value
-        return [tag + key_value(key, value) for key, value in attributes.items()]
+        caches = self._scalars[tag]
+        out = []
+        for key, value in attributes.items():
+            cache = caches.get(type(value))
+            if cache is None:
+                out.append(self._other(tag, key, value))
+                continue
+            encoded = cache.get((key, value))
+            out.append(encoded if encoded is not None else self._scalar(tag, key, value, cache))
+        return out
 
     def _resource(self, resource: Resource) -> bytes:
-        encoded = self._resources.get(resource)
-        if encoded is None:
+        known = self._resources.get(id(resource))
+        if known is None or known[0] is not resource:
             message = PbResource(attributes=_key_values(resource.attributes))
-            encoded = _field(_RESOURCE, message.SerializeToString())
-            self._resources[resource] = encoded
-        return encoded
+            known = (resource, _field(_RESOURCE, message.SerializeToString()))
+            if len(self._resources) > 64:  # resources are few; guard against misuse
+                self._resources.clear()
+            self._resources[id(resource)] = known
+        return known[1]
 
     def _scope(self, scope: InstrumentationScope | None) -> bytes:
         encoded = self._scopes.get(scope)
@@ -185,14 +245,25 @@ class SpanEncoder:
         if parent is not None:
             parts += (_PARENT_SPAN_ID, parent.span_id.to_bytes(8, "big"))
         name = span.name.encode()
-        parts += (_NAME, varint(len(name)), name, _KIND, _KINDS[span.kind])
-        if span.start_time:
-            parts += (_START, _FIXED64(span.start_time))
-        if span.end_time:
-            parts += (_END, _FIXED64(span.end_time))
-        parts += self._attributes_of(_ATTRIBUTE, span.attributes)
-        if span.dropped_attributes:
-            parts += (_DROPPED_ATTRIBUTES, varint(span.dropped_attributes))
+        kind = span.kind
+        parts += (
+            _NAME,
+            varint(len(name)),
+            name,
+            _KIND,
+            _KIND_INTERNAL if kind is SpanKind.INTERNAL else _KINDS[kind],
+        )
+        start, end = span.start_time, span.end_time
+        if start:
+            parts += (_START, _FIXED64(start))
+        if end:
+            parts += (_END, _FIXED64(end))
+        attributes = span.attributes
+        if attributes:
+            parts += self._attributes_of(_ATTRIBUTE, attributes)
+        dropped = span.dropped_attributes
+        if dropped:
+            parts += (_DROPPED_ATTRIBUTES, varint(dropped))
         for event in span.events:
             body = [_EVENT_TIME, _FIXED64(event.timestamp)]
             event_name = event.name.encode()
@@ -200,16 +271,21 @@ class SpanEncoder:
                 body += (_EVENT_NAME, varint(len(event_name)), event_name)
             body += self._attributes_of(_EVENT_ATTRIBUTE, event.attributes)
             parts.append(_field(_EVENT, b"".join(body)))
-        if span.dropped_events:
-            parts += (_DROPPED_EVENTS, varint(span.dropped_events))
+        dropped = span.dropped_events
+        if dropped:
+            parts += (_DROPPED_EVENTS, varint(dropped))
         status = span.status
-        status_body = b""
-        if status.description:
-            message = status.description.encode()
-            status_body = _STATUS_MESSAGE + varint(len(message)) + message
-        if status.status_code.value:
-            status_body += _STATUS_CODE + varint(status.status_code.value)
-        parts += (_STATUS, varint(len(status_body)), status_body)
+        code, description = status.status_code, status.description
+        if code is StatusCode.UNSET and not description:
+            parts.append(_STATUS_EMPTY)
+        else:
+            status_body = b""
+            if description:
+                message = description.encode()
+                status_body = _STATUS_MESSAGE + varint(len(message)) + message
+            if code is not StatusCode.UNSET:
+                status_body += _STATUS_CODE + varint(code.value)
+            parts += (_STATUS, varint(len(status_body)), status_body)
         parts.append(
             _FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL_PARENT
         )
@@ -217,14 +293,20 @@ class SpanEncoder:
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """A whole ExportTraceServiceRequest, spans grouped by resource, then scope."""
-        grouped: dict[Resource, dict[InstrumentationScope | None, list[bytes]]] = {}
+        resources: dict[int, Resource] = {}
+        grouped: dict[int, dict[InstrumentationScope | None, list[bytes]]] = {}
         for span in spans:
-            by_scope = grouped.setdefault(span.resource, {})
+            resource = span.resource
+            by_scope = grouped.get(id(resource))
+            if by_scope is None:
+                by_scope = grouped[id(resource)] = {}
+                resources[id(resource)] = resource
             by_scope.setdefault(span.instrumentation_scope, []).append(
                 _field(_SPANS, self.span(span))
             )
         out = []
-        for resource, by_scope in grouped.items():
+        for resource_id, by_scope in grouped.items():
+            resource = resources[resource_id]
             body = [self._resource(resource)]
             for scope, encoded in by_scope.items():
                 scope_body = [self._scope(scope), *encoded]
@@ -234,6 +316,4 @@ class SpanEncoder:
             if resource.schema_url:
                 body.append(_field(_SCHEMA_URL, resource.schema_url.encode()))
             out.append(_field(_REQUEST_RESOURCE_SPANS, b"".join(body)))
-        if len(self._resources) > 64:  # resources are few; guard against misuse
-            self._resources.clear()
         return b"".join(out)

@@ -98,15 +98,24 @@ class ReceivedPoint:
 
 
 class _Store:
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = True) -> None:
         self.traces: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
         self.logs: list[logs_service_pb2.ExportLogsServiceRequest] = []
         self.changed = threading.Condition()
+        self.keep = keep  # False (benchmarks): count spans, keep nothing
+        self.span_count = 0
 
     def add(self, target: list[Any], request: Any) -> None:
         with self.changed:
-            target.append(request)
+            if target is self.traces:
+                self.span_count += sum(
+                    len(scope.spans)
+                    for resource in request.resource_spans
+                    for scope in resource.scope_spans
+                )
+            if self.keep:
+                target.append(request)
             self.changed.notify_all()
 
     # -- views -------------------------------------------------------------------------
@@ -175,8 +184,8 @@ class _Store:
 class OtlpReceiver(_Store):
     """OTLP/gRPC on 127.0.0.1:`port` (0: a free one)."""
 
-    def __init__(self, port: int = 0) -> None:
-        super().__init__()
+    def __init__(self, port: int = 0, *, keep: bool = True) -> None:
+        super().__init__(keep=keep)
         self.port = port
         self._server: Any = None
         store = self
