@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from vigil.agent.telemetry.provider import Signal
-from vigil.agent.telemetry.wire import SpanEncoder
+from vigil.agent.telemetry.wire import IdSpan, SpanEncoder
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +219,13 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         self._enqueue = self._batch_processor.emit
 
     def on_end(self, span: ReadableSpan) -> None:
-        context = span.context
-        if context is None or not context.trace_flags.sampled:
-            return
+        if type(span) is IdSpan:
+            if not span.sampled:
+                return
+        else:
+            context = span.context
+            if context is None or not context.trace_flags.sampled:
+                return
         if self._full():
             self._counters.dropped("traces", "queue_full")
         self._enqueue(span)

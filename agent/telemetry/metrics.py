@@ -46,7 +46,7 @@ from vigil import __version__
 from vigil.agent.pipeline.events import Event
 from vigil.agent.telemetry.exporters import ExportCounters
 from vigil.agent.telemetry.histograms import Log2Histogram, explicit_buckets
-from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
+from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec, one_per_event
 from vigil.api.events import AttributeValue
 
 log = logging.getLogger(__name__)
@@ -376,11 +376,14 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 _SUMMED = frozenset({"counter", "updown_counter"})
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class _Bound:
     metric: EventMetric
     keys: tuple[str, ...]  # configured pod-level keys, then the metric's own
+    extra_keys: tuple[str, ...]  # the metric's own keys beyond the configured ones
     kind: str
+    counts_events: bool  # value is 1 per event: no call needed
+    summed: bool  # counters, up-down counters: summed per batch
     instrument: Any = None  # counters, up-down counters, gauges: the SDK instrument
     bounds: tuple[float, ...] = ()  # histograms: vigil's own aggregation
     series: dict[Any, _Buckets] | None = None
@@ -457,11 +460,17 @@ class EventMetrics:
                 k for k in metric.attributes if k not in self.attribute_keys
             )
             spec = metric.spec
+            extra = keys[len(self.attribute_keys) :]
+            ones = metric.value is one_per_event
+            summed = spec.kind in _SUMMED
             if spec.kind == "histogram":
                 bounds, series = self._histograms.series(spec)
-                bound = _Bound(metric, keys, spec.kind, bounds=bounds, series=series)
+                bound = _Bound(
+                    metric, keys, extra, spec.kind, ones, summed, bounds=bounds, series=series
+                )
             else:
-                bound = _Bound(metric, keys, spec.kind, instrument=self._instrument(spec))
+                instrument = self._instrument(spec)
+                bound = _Bound(metric, keys, extra, spec.kind, ones, summed, instrument=instrument)
             by_kind.setdefault(metric.kind, []).append(bound)
         self._by_kind = by_kind
         self._declared = declared
@@ -470,33 +479,34 @@ class EventMetrics:
         by_kind = self._by_kind
         if not by_kind:
             return
-        sums: dict[tuple[int, tuple[Any, ...]], float] = {}
-        bounds_by_id: dict[int, _Bound] = {}
+        configured = self.attribute_keys
+        sums: dict[_Bound, dict[tuple[Any, ...], float]] = {}
         observed: list[tuple[_Bound, tuple[Any, ...], float]] = []
         for event in events:
             metrics = by_kind.get(event.kind)
             if metrics is None:
                 continue
             get = event.attributes.get
+            common = tuple(map(get, configured))  # shared by every metric of the event
             for bound in metrics:
-                value = bound.metric.value(event)
+                value = 1 if bound.counts_events else bound.metric.value(event)
                 if value is None:
                     continue
-                values = tuple(map(get, bound.keys))
-                kind = bound.kind
-                if kind in _SUMMED:
-                    key = (id(bound), values)
+                values = common + tuple(map(get, bound.extra_keys)) if bound.extra_keys else common
+                if bound.summed:
+                    totals = sums.get(bound)
+                    if totals is None:
+                        totals = sums[bound] = {}
                     try:
-                        sums[key] = sums.get(key, 0) + value
+                        totals[values] = totals.get(values, 0) + value
                     except TypeError:  # a list value: make it hashable
-                        key = (id(bound), tuple(map(_hashable, values)))
-                        sums[key] = sums.get(key, 0) + value
-                    bounds_by_id[id(bound)] = bound
+                        values = tuple(map(_hashable, values))
+                        totals[values] = totals.get(values, 0) + value
                 else:
                     observed.append((bound, values, value))
-        for (bound_id, values), total in sums.items():
-            bound = bounds_by_id[bound_id]
-            bound.instrument.add(total, bound.attributes_of(values)[0])
+        for bound, totals in sums.items():
+            for values, total in totals.items():
+                bound.instrument.add(total, bound.attributes_of(values)[0])
         if observed:
             self._observe(observed)
 

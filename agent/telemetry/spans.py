@@ -9,8 +9,10 @@ that one, so a container's process tree reads as one trace.
 Events arrive after the fact with kernel timestamps, so spans are not built
 through the SDK's Tracer (which stamps "now" and costs ~40 us a span here in
 locks, attribute validation and context handling): the state of each open
-span is a small record, and a finished one becomes the SDK's ReadableSpan,
-handed to the (bounded) BatchSpanProcessor. Sampling is the SDK's
+span is a small record with integer ids, and a finished one becomes an
+IdSpan (a ReadableSpan to the SDK, see vigil.agent.telemetry.wire), handed
+to the (bounded) BatchSpanProcessor. Span attributes are the event's, minus
+process.creation.time and process.exit.time: the span's own start and end. Sampling is the SDK's
 ParentBased(TraceIdRatioBased): a root's trace id decides, children follow
 their parent, so whole process trees are kept or dropped.
 
@@ -23,12 +25,13 @@ child still finds its parent.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event as SpanEvent
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util import BoundedList
@@ -39,6 +42,7 @@ from vigil import __version__
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.timefmt import parse_rfc3339_ns
 from vigil.agent.telemetry.exporters import ExportCounters
+from vigil.agent.telemetry.wire import IdSpan
 from vigil.api.events import AttributeValue
 from vigil.api.export import Spans as SpanSettings
 
@@ -49,8 +53,6 @@ RUNNING = "vigil.process.running"
 SCOPE = InstrumentationScope("vigil.agent.spans", __version__)
 RECENT_LIMIT = 4096  # ended spans whose context late events may still need
 
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
 _OOM_KILLED = Status(StatusCode.ERROR, "OOM killed")
 # The span's own start and end: not repeated as attributes.
@@ -58,14 +60,18 @@ _SPAN_TIMES = ("process.creation.time", "process.exit.time")
 _TCP_KINDS = {"client": SpanKind.CLIENT, "server": SpanKind.SERVER}
 
 
+Ids = tuple[int, int, bool]  # trace id, span id, sampled
+
+
 @dataclass(slots=True)
 class _Open:
-    context: SpanContext
-    parent: SpanContext | None
+    trace_id: int
+    span_id: int
+    parent_span_id: int  # 0: a root span
+    sampled: bool
     name: str
     start_ns: int
     attributes: Mapping[str, AttributeValue]  # the event's own dict: never mutated here
-    sampled: bool
     events: BoundedList[SpanEvent] | None = None
     oom_killed: bool = False
 
@@ -103,7 +109,8 @@ class ProcessSpans:
         self._sampler = ParentBased(TraceIdRatioBased(settings.sampling_ratio))
         self._ids = RandomIdGenerator()
         self._open: dict[int, _Open] = {}
-        self._recent: dict[int, SpanContext] = {}
+        # FIFO: popping a plain dict's first key gets slower as deleted slots pile up.
+        self._recent: OrderedDict[int, Ids] = OrderedDict()
         self._handlers: dict[str, Callable[[Event], None]] = {
             "process.fork": self._on_fork,
             "process.exec": self._on_exec,
@@ -124,12 +131,22 @@ class ProcessSpans:
             if handler is not None:
                 handler(event)
 
-    def context_of(self, pid: object) -> SpanContext | None:
-        """The span context of process `pid` (open, or ended a moment ago)."""
-        if not isinstance(pid, int):
+    def ids_of(self, pid: object) -> Ids | None:
+        """(trace id, span id, sampled) of process `pid`'s span: open, or ended a moment ago."""
+        if type(pid) is not int:
             return None
         state = self._open.get(pid)
-        return state.context if state is not None else self._recent.get(pid)
+        if state is not None:
+            return state.trace_id, state.span_id, state.sampled
+        return self._recent.get(pid)
+
+    def context_of(self, pid: object) -> SpanContext | None:
+        """The span context of process `pid` (for log records that refer to it)."""
+        ids = self.ids_of(pid)
+        if ids is None:
+            return None
+        flags = TraceFlags(TraceFlags.SAMPLED if ids[2] else TraceFlags.DEFAULT)
+        return SpanContext(ids[0], ids[1], False, flags)
 
     def close(self) -> None:
         """End every open span now, marked as still running (agent shutdown)."""
@@ -140,32 +157,31 @@ class ProcessSpans:
 
     # -- span bookkeeping ------------------------------------------------------------
 
-    def _new_context(self, parent: SpanContext | None, name: str) -> SpanContext:
-        if parent is not None:
-            trace_id, flags = parent.trace_id, parent.trace_flags
-        else:
-            trace_id = self._ids.generate_trace_id()
-            decision = self._sampler.should_sample(None, trace_id, name).decision
-            sampled = decision is Decision.RECORD_AND_SAMPLE
-            flags = _SAMPLED if sampled else _NOT_SAMPLED
-        return SpanContext(trace_id, self._ids.generate_span_id(), False, flags)
-
-    def _open_state(
+    def _new_state(
         self,
-        parent: SpanContext | None,
+        parent: Ids | None,
         name: str,
         start_ns: int,
         attributes: Mapping[str, AttributeValue],
     ) -> _Open:
-        context = self._new_context(parent, name)
-        sampled = context.trace_flags is _SAMPLED or context.trace_flags.sampled
-        return _Open(context, parent, name, start_ns, attributes, sampled)
+        if parent is not None:
+            trace_id, parent_span_id, sampled = parent
+        else:
+            trace_id, parent_span_id = self._ids.generate_trace_id(), 0
+            decision = self._sampler.should_sample(None, trace_id, name).decision
+            sampled = decision is Decision.RECORD_AND_SAMPLE
+        span_id = self._ids.generate_span_id()
+        return _Open(trace_id, span_id, parent_span_id, sampled, name, start_ns, attributes)
 
     def _state(self, event: Event, start_ns: int) -> _Open:
         attributes = event.attributes
-        parent = self.context_of(attributes.get(PPID))
-        name = str(attributes.get(EXE_NAME) or "process")
-        return self._open_state(parent, name, start_ns, attributes)
+        name = attributes.get(EXE_NAME)
+        return self._new_state(
+            self.ids_of(attributes.get(PPID)),
+            name if type(name) is str and name else "process",
+            start_ns,
+            attributes,
+        )
 
     def _track(self, pid: int, state: _Open, now_ns: int) -> None:
         open_spans = self._open
@@ -184,9 +200,9 @@ class ProcessSpans:
         status: Status,
     ) -> None:
         recent = self._recent
-        if len(recent) >= RECENT_LIMIT:
-            del recent[next(iter(recent))]
-        recent[pid] = state.context
+        recent[pid] = (state.trace_id, state.span_id, state.sampled)
+        if len(recent) > RECENT_LIMIT:
+            recent.popitem(last=False)
         self._emit(state, end_ns, attributes, status, SpanKind.INTERNAL)
 
     def _emit(
@@ -199,19 +215,22 @@ class ProcessSpans:
     ) -> None:
         if not state.sampled:
             return
+        start = state.start_ns
         self._processor.on_end(
-            ReadableSpan(
-                name=state.name,
-                context=state.context,
-                parent=state.parent,
+            IdSpan(
+                state.name,
+                trace_id=state.trace_id,
+                span_id=state.span_id,
+                parent_span_id=state.parent_span_id,
+                sampled=True,
                 resource=self._resource,
+                scope=SCOPE,
                 attributes=attributes,
                 events=state.events if state.events is not None else (),
                 kind=kind,
                 status=status,
-                start_time=state.start_ns,
-                end_time=max(end_ns, state.start_ns),
-                instrumentation_scope=SCOPE,
+                start_time=start,
+                end_time=end_ns if end_ns > start else start,
             )
         )
 
@@ -294,7 +313,7 @@ class ProcessSpans:
         attrs = event.attributes
         duration = attrs.get("vigil.tcp.duration_ns")
         start = event.time_ns - duration if isinstance(duration, int) else event.time_ns
-        parent = self.context_of(attrs.get(PID))
+        parent = self.ids_of(attrs.get(PID))
         name = "tcp.connection"
         direction = attrs.get("vigil.tcp.direction")
         kind = (
@@ -302,7 +321,7 @@ class ProcessSpans:
             if isinstance(direction, str)
             else (SpanKind.INTERNAL)
         )
-        state = self._open_state(parent, name, start, attrs)
+        state = self._new_state(parent, name, start, attrs)
         self._emit(state, event.time_ns, attrs, _UNSET, kind)
 
     def _on_syscall_slow(self, event: Event) -> None:

@@ -25,9 +25,11 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
 from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event as SdkEvent
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 # Tags: (field number << 3) | wire type (0 varint, 1 fixed64, 2 bytes, 5 fixed32).
 _REQUEST_RESOURCE_SPANS = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
@@ -127,6 +129,69 @@ def _length_prefixed(message: KeyValue) -> bytes:
 
 def _key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
     return [KeyValue(key=k, value=any_value(v)) for k, v in attributes.items()]
+
+
+class IdSpan(ReadableSpan):
+    """A finished span whose ids are plain ints.
+
+    To every SDK component it is a ReadableSpan (its SpanContexts are built the
+    first time something asks); SpanEncoder reads the ids and fields directly.
+    vigil builds one per process, so skipping two SpanContexts and the property
+    layer per span is worth this class. Parents are always local.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        trace_id: int,
+        span_id: int,
+        parent_span_id: int,  # 0: a root span
+        sampled: bool,
+        resource: Resource,
+        scope: InstrumentationScope,
+        attributes: Mapping[str, Any],
+        events: Sequence[SdkEvent],
+        kind: SpanKind,
+        status: Status,
+        start_time: int,
+        end_time: int,
+    ) -> None:
+        # Not ReadableSpan.__init__: it wants the SpanContexts up front.
+        self._name = name
+        self._kind = kind
+        self._instrumentation_info = None
+        self._instrumentation_scope = scope
+        self._start_time = start_time
+        self._end_time = end_time
+        self._attributes = attributes
+        self._events = events
+        self._links = ()
+        self._resource = resource
+        self._status = status
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.sampled = sampled
+        self._contexts: tuple[SpanContext, SpanContext | None] | None = None
+
+    def _build_contexts(self) -> tuple[SpanContext, SpanContext | None]:
+        if self._contexts is None:
+            flags = TraceFlags(TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT)
+            parent = None
+            if self.parent_span_id:
+                parent = SpanContext(self.trace_id, self.parent_span_id, False, flags)
+            self._contexts = (SpanContext(self.trace_id, self.span_id, False, flags), parent)
+        return self._contexts
+
+    # ReadableSpan's properties and methods read these two.
+    @property
+    def _context(self) -> SpanContext:  # type: ignore[override]
+        return self._build_contexts()[0]
+
+    @property
+    def _parent(self) -> SpanContext | None:  # type: ignore[override]
+        return self._build_contexts()[1]
 
 
 class SpanEncoder:
@@ -230,51 +295,93 @@ class SpanEncoder:
 
     def span(self, span: ReadableSpan) -> bytes:
         """One Span message (without its tag and length)."""
+        if type(span) is IdSpan:
+            # vigil's own spans: ids as ints, a plain attribute dict, local parents.
+            events = span._events
+            return self._span(
+                span.trace_id,
+                span.span_id,
+                None,
+                span.parent_span_id or None,
+                False,
+                span._name,
+                span._kind,
+                span._start_time,
+                span._end_time,
+                span._attributes,
+                0,
+                events,
+                events.dropped if isinstance(events, BoundedList) else 0,
+                span._status,
+            )
         context = span.context
         assert context is not None, "a finished span always has a context"
-        parts = [
-            _TRACE_ID,
-            context.trace_id.to_bytes(16, "big"),
-            _SPAN_ID,
-            context.span_id.to_bytes(8, "big"),
-        ]
-        if context.trace_state:
-            state = ",".join(f"{k}={v}" for k, v in context.trace_state.items()).encode()
-            parts += (_TRACE_STATE, varint(len(state)), state)
         parent = span.parent
-        if parent is not None:
-            parts += (_PARENT_SPAN_ID, parent.span_id.to_bytes(8, "big"))
-        name = span.name.encode()
-        kind = span.kind
+        return self._span(
+            context.trace_id,
+            context.span_id,
+            context.trace_state,
+            parent.span_id if parent is not None else None,
+            parent is not None and parent.is_remote,
+            span.name,
+            span.kind,
+            span.start_time,
+            span.end_time,
+            span.attributes,
+            span.dropped_attributes,
+            span.events,
+            span.dropped_events,
+            span.status,
+        )
+
+    def _span(  # noqa: PLR0917 (positional: the per-span hot path)
+        self,
+        trace_id: int,
+        span_id: int,
+        trace_state: TraceState | None,
+        parent_span_id: int | None,
+        parent_remote: bool,
+        name: str,
+        kind: SpanKind,
+        start: int | None,
+        end: int | None,
+        attributes: Mapping[str, Any] | None,
+        dropped_attributes: int,
+        events: Sequence[SdkEvent],
+        dropped_events: int,
+        status: Status,
+    ) -> bytes:
+        parts = [_TRACE_ID, trace_id.to_bytes(16, "big"), _SPAN_ID, span_id.to_bytes(8, "big")]
+        if trace_state:
+            state = ",".join(f"{k}={v}" for k, v in trace_state.items()).encode()
+            parts += (_TRACE_STATE, varint(len(state)), state)
+        if parent_span_id is not None:
+            parts += (_PARENT_SPAN_ID, parent_span_id.to_bytes(8, "big"))
+        encoded_name = name.encode()
         parts += (
             _NAME,
-            varint(len(name)),
-            name,
+            varint(len(encoded_name)),
+            encoded_name,
             _KIND,
             _KIND_INTERNAL if kind is SpanKind.INTERNAL else _KINDS[kind],
         )
-        start, end = span.start_time, span.end_time
         if start:
             parts += (_START, _FIXED64(start))
         if end:
             parts += (_END, _FIXED64(end))
-        attributes = span.attributes
         if attributes:
             parts += self._attributes_of(_ATTRIBUTE, attributes)
-        dropped = span.dropped_attributes
-        if dropped:
-            parts += (_DROPPED_ATTRIBUTES, varint(dropped))
-        for event in span.events:
+        if dropped_attributes:
+            parts += (_DROPPED_ATTRIBUTES, varint(dropped_attributes))
+        for event in events:
             body = [_EVENT_TIME, _FIXED64(event.timestamp)]
             event_name = event.name.encode()
             if event_name:
                 body += (_EVENT_NAME, varint(len(event_name)), event_name)
             body += self._attributes_of(_EVENT_ATTRIBUTE, event.attributes)
             parts.append(_field(_EVENT, b"".join(body)))
-        dropped = span.dropped_events
-        if dropped:
-            parts += (_DROPPED_EVENTS, varint(dropped))
-        status = span.status
+        if dropped_events:
+            parts += (_DROPPED_EVENTS, varint(dropped_events))
         code, description = status.status_code, status.description
         if code is StatusCode.UNSET and not description:
             parts.append(_STATUS_EMPTY)
@@ -287,7 +394,9 @@ class SpanEncoder:
                 status_body += _STATUS_CODE + varint(code.value)
             parts += (_STATUS, varint(len(status_body)), status_body)
         parts.append(
-            _FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL_PARENT
+            _FLAGS_REMOTE_PARENT
+            if parent_span_id is not None and parent_remote
+            else _FLAGS_LOCAL_PARENT
         )
         return b"".join(parts)
 
