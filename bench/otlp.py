@@ -22,7 +22,7 @@ from harness import ROOT, AgentRun, build, cpu_seconds, require_root, spread, ti
 
 sys.path.insert(0, str(ROOT))
 
-from tests.support.otlp_receiver import OtlpReceiver  # noqa: E402
+from tests.support.otlp_receiver import OtlpReceiver
 
 JSON = ["--probes", "process", "--output", "json"]
 
@@ -62,8 +62,8 @@ def storm_otlp(
         cpu1 = cpu_seconds(agent.pid)
     spans = receiver.span_count - before
     throughput = spans / (done - started) if done > started else 0.0
-    drops = agent.lost()
-    return cpu1 - cpu0, agent.counters.get("process", {}).get("received", 0), throughput, spans, drops
+    events = agent.counters.get("process", {}).get("received", 0)
+    return cpu1 - cpu0, events, throughput, spans, agent.lost()
 
 
 def main() -> None:
