@@ -57,7 +57,8 @@ def start_agent(export: Export) -> Running:
     config = AgentConfig(export=export)
     telemetry = Telemetry(config.export, otlp=True)
     sink = CollectingSink()
-    agent = Agent(config, sinks=[sink, telemetry.sink], probes=["process"])
+    # Telemetry first: when the collecting sink has an event, telemetry has seen it.
+    agent = Agent(config, sinks=[telemetry.sink, sink], probes=["process"])
     telemetry.bind(agent)
     agent.start()
     return Running(agent, telemetry, sink)

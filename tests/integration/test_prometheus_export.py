@@ -88,7 +88,7 @@ def test_prometheus_scrapes_the_agents_metrics(
     config = AgentConfig(export=Export(prometheus=Prometheus(enabled=True, port=0)))
     telemetry = Telemetry(config.export, otlp=False)
     sink = CollectingSink()
-    agent = Agent(config, sinks=[sink, telemetry.sink], probes=["process"])
+    agent = Agent(config, sinks=[telemetry.sink, sink], probes=["process"])
     telemetry.bind(agent)
     agent.start()
     server = None
