@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from vigil import __version__
 from vigil.api.config import AgentConfig, ConfigError
 
+if TYPE_CHECKING:
+    from vigil.agent.telemetry.export import Telemetry
+
 log = logging.getLogger("vigil.agent")
 
-OUTPUTS = ("console", "json")
+OUTPUTS = ("console", "json", "otlp")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--output",
         default="console",
-        help=f"where events go: {' | '.join(OUTPUTS)} (default: console)",
+        help=f"where events go, comma-separated: {' | '.join(OUTPUTS)} (default: console)",
+    )
+    run.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="collector for OTLP export, e.g. http://127.0.0.1:4317 (implies --output otlp; "
+        "overrides export.otlp.endpoint and OTEL_EXPORTER_OTLP_ENDPOINT)",
     )
     run.add_argument("--duration", type=float, help="stop after this many seconds")
 
@@ -64,6 +75,8 @@ def _sinks(output: str) -> list[object]:
             sinks.append(ConsoleSink())
         elif name == "json":
             sinks.append(JsonLinesSink())
+        elif name == "otlp":
+            pass  # the telemetry sink, see _telemetry
         else:
             raise ConfigError(
                 f"--output: unknown output {name!r}; choose from {', '.join(OUTPUTS)}"
@@ -71,21 +84,44 @@ def _sinks(output: str) -> list[object]:
     return sinks
 
 
+def _telemetry(config: AgentConfig, args: argparse.Namespace) -> Telemetry | None:
+    """OTLP export and/or the Prometheus endpoint, when asked for; None otherwise."""
+    from vigil.agent.telemetry.export import Telemetry, wanted
+
+    outputs = [part.strip() for part in args.output.split(",")]
+    otlp, needed = wanted(config.export, outputs)
+    if args.otlp_endpoint:
+        otlp = needed = True
+    if not needed:
+        return None
+    node_name = config.enrichment.kubernetes.node_name or os.environ.get("NODE_NAME") or None
+    return Telemetry(config.export, otlp=otlp, endpoint=args.otlp_endpoint, node_name=node_name)
+
+
 def _run(args: argparse.Namespace) -> int:
     from vigil.agent.config_watch import ConfigWatcher, read_config
     from vigil.agent.runtime import Agent, AgentError
     from vigil.agent.sinks.base import Sink
+    from vigil.agent.telemetry.provider import TelemetryError
 
+    telemetry = None
     try:
         config, text = read_config(args.config) if args.config else (AgentConfig(), None)
         sinks: list[Sink] = _sinks(args.output)  # type: ignore[assignment]
+        telemetry = _telemetry(config, args)
+        if telemetry is not None:
+            sinks.append(telemetry.sink)
         probes = [p.strip() for p in args.probes.split(",")] if args.probes else None
         agent = Agent(
             config, sinks=sinks, probes=probes, config_source=str(args.config or "config")
         )
-    except (ConfigError, AgentError) as exc:
+    except (ConfigError, AgentError, TelemetryError) as exc:
         log.error("%s", exc)
+        if telemetry is not None:
+            telemetry.shutdown()
         return 2
+    if telemetry is not None:
+        telemetry.bind(agent)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -97,6 +133,8 @@ def _run(args: argparse.Namespace) -> int:
         agent.start()
     except AgentError as exc:
         log.error("%s (run `vigil-agent doctor`)", exc)
+        if telemetry is not None:
+            telemetry.shutdown()
         return 1
     watcher = None
     if args.config and not args.no_watch:

@@ -496,9 +496,10 @@ class Agent:
             if module.reader is not None:
                 module.reader.stop()
         self.dispatcher.stop()
-        self._close_modules()
+        # Sinks close before the BPF maps go: the last metric export still reads them.
         for sink in self.sinks:
             sink.close()
+        self._close_modules()
 
     def _close_modules(self) -> None:
         for module in self._modules:

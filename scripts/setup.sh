@@ -2,7 +2,8 @@
 # One-command, idempotent set-up for a fresh Debian machine (and the image build).
 #
 #   OS packages  python3-bpfcc (bcc), bpftool, iproute2; kernel headers when the
-#                running kernel ships none (see prepare_headers)
+#                running kernel ships none (see prepare_headers); with the dev
+#                extras also prometheus (a real server for the scrape test)
 #   tracefs      mounted at /sys/kernel/tracing when it is not
 #   .venv        with the OS bcc module linked in and vigil installed editable
 #
@@ -125,6 +126,9 @@ make_venv() {
 
 main() {
     apt_install python3-bpfcc bpftool iproute2
+    # Tests only: never in the image. Debian's unit is not started (policy-rc.d);
+    # the test runs its own server on 127.0.0.1.
+    [ "${VIGIL_SETUP_NO_DEV:-0}" = "1" ] || apt_install prometheus
     prepare_headers
     mount_tracefs
     make_venv

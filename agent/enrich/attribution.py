@@ -117,6 +117,24 @@ class Enricher:
                 complete = pod is not None or identity.pod_uid is None
         return attrs, complete
 
+    def cgroup_attributes(self, cgroup_id: int) -> dict[str, AttributeValue] | None:
+        """What events of this cgroup carry (container, pod, node); None if it is unknown.
+
+        For metric points read on the export thread: it only does the table
+        and pod-cache lookups (lock-free, safe from any thread) and never
+        touches the per-event cache the pipeline thread owns.
+        """
+        resolved = self._resolve(cgroup_id)
+        if resolved is None:
+            if cgroup_id not in self.cgroups:
+                return None
+            attrs: dict[str, AttributeValue] = {}
+        else:
+            attrs = resolved[0]  # a fresh dict per call
+        if self.node_name:
+            attrs["k8s.node.name"] = self.node_name
+        return attrs
+
     def enrich(self, event: Event) -> bool:
         """Add what is known; False when the event's pod is not known (yet)."""
         attrs = event.attributes

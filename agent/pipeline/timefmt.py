@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import time
 from functools import lru_cache
 
@@ -43,3 +44,18 @@ def rfc3339_ns(wall_ns: int) -> str:
     """1700000000123456789 -> "2023-11-14T22:13:20.123456789Z"."""
     seconds, nanos = divmod(wall_ns, 1_000_000_000)
     return f"{_second(seconds)}.{nanos:09d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _parse_second(text: str) -> int:
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+
+
+def parse_rfc3339_ns(text: str) -> int | None:
+    """The inverse of rfc3339_ns ("...T22:13:20.123456789Z" -> ns); None if not that shape."""
+    if len(text) != 30 or text[19] != "." or text[29] != "Z":
+        return None
+    try:
+        return _parse_second(text[:19]) * 1_000_000_000 + int(text[20:29])
+    except ValueError:
+        return None

@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.redaction import Redactor
-from vigil.agent.pipeline.timefmt import rfc3339_ns
+from vigil.agent.pipeline.timefmt import parse_rfc3339_ns, rfc3339_ns
 from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext, RecordLayout
+from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.api.config import ProcessProbe as ProcessProbeConfig
 from vigil.api.events import AttributeValue
 
@@ -43,6 +44,40 @@ RECORD = RecordLayout(
         ("comm", "16s"),
     ]
 )
+
+
+EXECS = MetricSpec("vigil.process.execs", "counter", "{exec}", "Programs started (execve)")
+EXITS = MetricSpec(
+    "vigil.process.exits", "counter", "{process}", "Processes that exited, by exit code"
+)
+# Powers of two from ~1 ms to ~36 h: short-lived tools and daemons both land.
+LIFETIME_BUCKETS = tuple(2.0**k for k in range(-10, 18))
+LIFETIME = MetricSpec(
+    "vigil.process.lifetime",
+    "histogram",
+    "s",
+    "How long processes lived, from fork to exit",
+    buckets=LIFETIME_BUCKETS,
+)
+ZOMBIES = MetricSpec(
+    "vigil.process.zombies", "gauge", "{process}", "Processes that exited and are not yet reaped"
+)
+# Shared with the process_state probe, which reports state_name=uninterruptible.
+PROCESS_STATE = MetricSpec(
+    "vigil.process.state",
+    "gauge",
+    "{process}",
+    "Processes in a notable state, by vigil.process.state_name",
+)
+
+
+def lifetime_seconds(event: Event) -> float | None:
+    """Exit time minus the process's start (both from the kernel); None if unknown."""
+    created = event.attributes.get("process.creation.time")
+    start = parse_rfc3339_ns(created) if isinstance(created, str) else None
+    if start is None or start > event.time_ns:
+        return None
+    return (event.time_ns - start) / 1e9
 
 
 def exit_attributes(status: int) -> dict[str, AttributeValue]:
@@ -83,6 +118,11 @@ class ProcessProbe(Probe):
     )
     ring_buffers: ClassVar[tuple[str, ...]] = ("process_events",)
     drops_map: ClassVar[str | None] = "process_drops"
+    event_metrics: ClassVar[tuple[EventMetric, ...]] = (
+        EventMetric(EXECS, "process.exec"),
+        EventMetric(EXITS, "process.exit", attributes=("process.exit.code",)),
+        EventMetric(LIFETIME, "process.exit", value=lifetime_seconds),
+    )
 
     config: ProcessProbeConfig
 
@@ -116,6 +156,20 @@ class ProcessProbe(Probe):
             return {}
         table = self.bpf[b"process_zombie_counts"]
         return {key.value: value.value for key, value in table.items() if value.value > 0}
+
+    def collect(self) -> list[MetricPoint]:
+        """Zombies per cgroup, as their own gauge and as the `zombie` state."""
+        points = []
+        for cgroup_id, count in self.zombie_counts().items():
+            points.append(MetricPoint(ZOMBIES, {"vigil.cgroup.id": cgroup_id}, count))
+            points.append(
+                MetricPoint(
+                    PROCESS_STATE,
+                    {"vigil.cgroup.id": cgroup_id, "vigil.process.state_name": "zombie"},
+                    count,
+                )
+            )
+        return points
 
     # -- decoding ------------------------------------------------------------
 

@@ -32,6 +32,8 @@ class MetricSpec:
     description: str
     # Histograms from log2 slots: the factor from the kernel's unit to `unit`.
     scale: float = 1.0
+    # Histograms fed by events: explicit bucket bounds in `unit` (empty: the SDK's).
+    buckets: tuple[float, ...] = ()
 
 
 @dataclass(slots=True)
@@ -43,7 +45,8 @@ class MetricPoint:
     value: int | float | Log2Histogram
 
 
-def _one(_event: Event) -> float:
+def one_per_event(_event: Event) -> float:
+    """The default value: each event counts once (recognised, and not called, per event)."""
     return 1
 
 
@@ -53,7 +56,7 @@ class EventMetric:
 
     spec: MetricSpec
     kind: str
-    value: Callable[[Event], float | None] = _one
+    value: Callable[[Event], float | None] = one_per_event
     # Event attributes kept beside the pod-level ones (must be bounded).
     attributes: tuple[str, ...] = ()
     constant_attributes: Mapping[str, AttributeValue] = field(default_factory=dict)

@@ -1,0 +1,326 @@
+"""Telemetry: the OpenTelemetry providers, readers and processors of one agent.
+
+Built from `AgentConfig.export` before the agent, handed to it as a sink
+(`telemetry.sink`), then bound to it (`telemetry.bind(agent)`) so the metric
+readers can reach the current probes (kernel aggregates), the enricher (pod
+attributes for cgroup ids) and the agent's counters (health metrics).
+
+Nothing here blocks the pipeline thread: spans and log records go to
+bounded batch queues exported on their own threads, metrics are exported by
+the periodic reader's thread or read by a Prometheus scrape. A collector that
+is down costs failed exports (counted) and queue drops (counted), never
+memory beyond the queues; the gRPC exporter reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import LogRecordExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, ScopeMetrics
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from vigil import __version__
+from vigil.agent.probes.base import Probe
+from vigil.agent.telemetry import provider
+from vigil.agent.telemetry.exporters import (
+    CountingBatchLogRecordProcessor,
+    CountingBatchSpanProcessor,
+    CountingLogExporter,
+    CountingMetricExporter,
+    CountingSpanExporter,
+    ExportCounters,
+)
+from vigil.agent.telemetry.logs import RuleLogs
+from vigil.agent.telemetry.metrics import (
+    KERNEL_SCOPE,
+    Collector,
+    EventHistograms,
+    EventMetrics,
+    KernelMetrics,
+    PeriodicReader,
+    PrometheusReader,
+    register_health,
+)
+from vigil.agent.telemetry.samples import EventMetric, MetricSpec
+from vigil.agent.telemetry.spans import ProcessSpans
+from vigil.api.events import AttributeValue
+from vigil.api.export import Export
+
+log = logging.getLogger(__name__)
+
+# The SDK instruments' scope; event-fed histograms are exported under it too.
+METER_SCOPE = InstrumentationScope("vigil.agent", __version__)
+
+RULE_MATCHES = EventMetric(
+    MetricSpec("vigil.rule.matches", "counter", "{match}", "Events a policy rule matched"),
+    "rule.match",
+    attributes=("vigil.rule.name", "vigil.rule.severity", "vigil.rule.policy"),
+)
+
+
+class CgroupResolver(Protocol):
+    """Pod-level attributes of a cgroup (vigil.agent.enrich.attribution.Enricher)."""
+
+    def cgroup_attributes(self, cgroup_id: int) -> Mapping[str, AttributeValue] | None: ...
+
+
+class AgentView(Protocol):
+    """What Telemetry reads from the running agent (vigil.agent.runtime.Agent)."""
+
+    @property
+    def probes(self) -> Mapping[str, Probe]: ...
+
+    @property
+    def enricher(self) -> CgroupResolver | None: ...
+
+    def counters(self) -> dict[str, dict[str, int]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Exporters:
+    """Exporters to use instead of the OTLP ones (tests, other backends)."""
+
+    spans: SpanExporter | None = None
+    metrics: MetricExporter | None = None
+    logs: LogRecordExporter | None = None
+
+
+def wanted(export: Export, outputs: Iterable[str]) -> tuple[bool, bool]:
+    """(OTLP export on?, any telemetry at all?) for these `--output`s and settings."""
+    otlp = "otlp" in outputs or export.otlp.endpoint is not None
+    return otlp, otlp or export.prometheus.enabled
+
+
+def _bounded(work: Callable[[], object], abort: Callable[[], None], seconds: float) -> None:
+    """Run `work` (a flush) for at most `seconds`; then `abort` ends its retries."""
+    thread = threading.Thread(target=work, name="vigil-telemetry-flush", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        abort()
+        thread.join(seconds)
+
+
+class Telemetry:
+    def __init__(
+        self,
+        export: Export,
+        *,
+        otlp: bool = True,
+        endpoint: str | None = None,
+        node_name: str | None = None,
+        exporters: Exporters | None = None,
+    ) -> None:
+        """Raises TelemetryError for settings that cannot work (names the field)."""
+        self.settings = export
+        self.counters = ExportCounters()
+        self.resource = provider.build_resource(node_name=node_name)
+        self._probes: Callable[[], tuple[Probe, ...]] = tuple
+        self._agent_counters: Callable[[], Mapping[str, Mapping[str, int]]] = dict
+        self._enricher: Callable[[], CgroupResolver | None] = lambda: None
+        self._probe_classes: tuple[type, ...] | None = None
+        self._closed = False
+        exporters = exporters or Exporters()
+        timeout_ms = (export.otlp.timeout_ms or 10_000) if otlp else 10_000
+
+        def settings(signal: provider.Signal) -> provider.OtlpSettings:
+            return provider.resolve(export.otlp, endpoint=endpoint, signal=signal)
+
+        # -- metrics
+        started = time.time_ns()
+        self.kernel_metrics = KernelMetrics(
+            attribute_keys=export.metrics.attributes, start_time_ns=started
+        )
+        self.event_histograms = EventHistograms(start_time_ns=started)
+        readers: list[MetricReader] = []
+        self._metric_exporter: CountingMetricExporter | None = None
+        if otlp and export.metrics.enabled:
+            inner = exporters.metrics or provider.metric_exporter(settings("metrics"))
+            self._metric_exporter = CountingMetricExporter(inner, self.counters)
+            readers.append(
+                PeriodicReader(
+                    self._metric_exporter,
+                    extra_scopes=self._extra_scopes,
+                    interval_ms=export.metrics.interval_ms,
+                    timeout_ms=timeout_ms,
+                )
+            )
+        self._prometheus_server: Any = None
+        self.prometheus_port: int | None = None
+        if export.prometheus.enabled:
+            readers.append(self._start_prometheus())
+        self.meter_provider = MeterProvider(
+            metric_readers=readers, resource=self.resource, shutdown_on_exit=False
+        )
+        meter = self.meter_provider.get_meter(METER_SCOPE.name, METER_SCOPE.version)
+        self.event_metrics = EventMetrics(
+            meter,
+            self.event_histograms,
+            attribute_keys=export.metrics.attributes,
+            builtin=(RULE_MATCHES,),
+        )
+        register_health(meter, counters=self._current_counters, export=self.counters)
+
+        # -- spans
+        self.spans: ProcessSpans | None = None
+        self._span_processor: CountingBatchSpanProcessor | None = None
+        self._span_exporter: CountingSpanExporter | None = None
+        if otlp and export.spans.enabled:
+            inner_spans = exporters.spans or provider.span_exporter(settings("traces"))
+            self._span_exporter = CountingSpanExporter(inner_spans, self.counters)
+            self._span_processor = CountingBatchSpanProcessor(
+                self._span_exporter,
+                self.counters,
+                max_queue_size=export.spans.max_queue,
+                schedule_delay_millis=export.spans.batch_delay_ms,
+                max_export_batch_size=min(export.spans.max_batch, export.spans.max_queue),
+                export_timeout_millis=timeout_ms,
+            )
+            self.spans = ProcessSpans(
+                self._span_processor,
+                resource=self.resource,
+                settings=export.spans,
+                counters=self.counters,
+            )
+
+        # -- logs (rule matches)
+        self.rule_logs: RuleLogs | None = None
+        self.logger_provider: LoggerProvider | None = None
+        self._log_processor: CountingBatchLogRecordProcessor | None = None
+        self._log_exporter: CountingLogExporter | None = None
+        if otlp and export.logs.enabled:
+            inner_logs = exporters.logs or provider.log_exporter(settings("logs"))
+            self._log_exporter = CountingLogExporter(inner_logs, self.counters)
+            self._log_processor = CountingBatchLogRecordProcessor(
+                self._log_exporter,
+                self.counters,
+                max_queue_size=export.logs.max_queue,
+                max_export_batch_size=min(512, export.logs.max_queue),
+                schedule_delay_millis=export.spans.batch_delay_ms,
+            )
+            self.logger_provider = LoggerProvider(resource=self.resource, shutdown_on_exit=False)
+            self.logger_provider.add_log_record_processor(self._log_processor)
+            spans = self.spans
+            self.rule_logs = RuleLogs(
+                self.logger_provider.get_logger("vigil.agent.rules", __version__),
+                span_context=spans.context_of if spans is not None else (lambda _pid: None),
+            )
+
+        from vigil.agent.sinks.otlp import OtlpSink
+
+        self.sink = OtlpSink(self)
+
+    def _start_prometheus(self) -> MetricReader:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        settings = self.settings.prometheus
+        registry = CollectorRegistry(auto_describe=True)
+        reader = PrometheusReader(extra_scopes=self._extra_scopes, registry=registry)
+        try:
+            server, _thread = start_http_server(
+                settings.port, addr=settings.host, registry=registry
+            )
+        except OSError as exc:
+            raise provider.TelemetryError(
+                f"export.prometheus: cannot listen on {settings.host}:{settings.port}: "
+                f"{exc.strerror}"
+            ) from None
+        self._prometheus_server = server
+        self.prometheus_port = int(server.server_address[1])
+        log.info("Prometheus metrics at http://%s:%d/metrics", settings.host, self.prometheus_port)
+        return reader
+
+    # -- the agent side ---------------------------------------------------------------
+
+    def bind(self, agent: AgentView) -> None:
+        """Read probes, enricher and counters from `agent` from now on (they may change)."""
+        self.bind_sources(
+            probes=lambda: tuple(agent.probes.values()),
+            enricher=lambda: agent.enricher,
+            counters=agent.counters,
+        )
+
+    def bind_sources(
+        self,
+        *,
+        probes: Callable[[], tuple[Any, ...]],
+        enricher: Callable[[], CgroupResolver | None] = lambda: None,
+        counters: Callable[[], Mapping[str, Mapping[str, int]]] = dict,
+    ) -> None:
+        self._probes = probes
+        self._enricher = enricher
+        self._agent_counters = counters
+        self.kernel_metrics.bind(self._collectors, self._resolve)
+
+    def _extra_scopes(self) -> list[ScopeMetrics]:
+        """Kernel aggregates and event-fed histograms, for every export and scrape."""
+        scopes = []
+        kernel = self.kernel_metrics.collect()
+        if kernel:
+            scopes.append(ScopeMetrics(scope=KERNEL_SCOPE, metrics=kernel, schema_url=""))
+        histograms = self.event_histograms.metrics(time.time_ns())
+        if histograms:
+            scopes.append(ScopeMetrics(scope=METER_SCOPE, metrics=histograms, schema_url=""))
+        return scopes
+
+    def _current_counters(self) -> Mapping[str, Mapping[str, int]]:
+        return self._agent_counters()  # late-bound: bind() replaces the source
+
+    def _collectors(self) -> Iterable[Collector]:
+        probes: Iterable[Collector] = self._probes()
+        return probes
+
+    def _resolve(self, cgroup_id: int) -> Mapping[str, AttributeValue] | None:
+        enricher = self._enricher()
+        return enricher.cgroup_attributes(cgroup_id) if enricher is not None else None
+
+    def refresh_event_metrics(self) -> None:
+        """Follow the running probes' `event_metrics` (cheap when nothing changed)."""
+        probes = self._probes()
+        classes = tuple(type(probe) for probe in probes)
+        if classes != self._probe_classes:
+            self._probe_classes = classes
+            self.event_metrics.use(
+                metric for cls in classes for metric in getattr(cls, "event_metrics", ())
+            )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def force_flush(self, timeout_ms: int = 10_000) -> bool:
+        """Export everything recorded so far (tests, and before a planned stop)."""
+        ok = True
+        if self._span_processor is not None:
+            ok = self._span_processor.force_flush(timeout_ms) and ok
+        if self._log_processor is not None:
+            ok = self._log_processor.force_flush(timeout_ms) and ok
+        return self.meter_provider.force_flush(timeout_ms) and ok
+
+    def shutdown(self) -> None:
+        """End open spans (still running), export what is queued (bounded wait), stop."""
+        if self._closed:
+            return
+        self._closed = True
+        seconds = self.settings.otlp.shutdown_timeout_ms / 1000
+        if self.spans is not None:
+            self.spans.close()
+        if self._span_processor is not None and self._span_exporter is not None:
+            _bounded(self._span_processor.shutdown, self._span_exporter.abort, seconds)
+        if self._log_processor is not None and self._log_exporter is not None:
+            _bounded(self._log_processor.shutdown, self._log_exporter.abort, seconds)
+        # Last: the final collection then counts the span and log exports above.
+        try:
+            self.meter_provider.shutdown(timeout_millis=max(1.0, seconds * 1000))
+        except Exception as exc:
+            log.warning("metric export at shutdown failed: %s", exc)
+        if self._prometheus_server is not None:
+            self._prometheus_server.shutdown()
+            self._prometheus_server.server_close()

@@ -1,0 +1,54 @@
+"""Rule matches as OTLP log records, linked to the matching process's span."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from opentelemetry import trace
+from opentelemetry._logs import Logger, SeverityNumber
+from opentelemetry.trace import NonRecordingSpan, SpanContext
+
+from vigil.agent.pipeline.events import Event
+
+RULE_MATCH = "rule.match"
+
+# vigil.api.policies.Rule.severity -> OpenTelemetry severity number.
+SEVERITIES: dict[str, SeverityNumber] = {
+    "info": SeverityNumber.INFO,
+    "low": SeverityNumber.WARN,
+    "medium": SeverityNumber.WARN3,
+    "high": SeverityNumber.ERROR,
+    "critical": SeverityNumber.FATAL,
+}
+
+
+class RuleLogs:
+    def __init__(
+        self, logger: Logger, *, span_context: Callable[[object], SpanContext | None]
+    ) -> None:
+        self._logger = logger
+        self._span_context = span_context
+
+    def handle(self, events: Iterable[Event]) -> None:
+        for event in events:
+            if event.kind == RULE_MATCH:
+                self.emit(event)
+
+    def emit(self, event: Event) -> None:
+        attrs = event.attributes
+        severity = str(attrs.get("vigil.rule.severity", "medium"))
+        context = None
+        span_context = self._span_context(attrs.get("process.pid"))
+        if span_context is not None:
+            context = trace.set_span_in_context(NonRecordingSpan(span_context))
+        self._logger.emit(
+            timestamp=event.time_ns,
+            observed_timestamp=time.time_ns(),
+            context=context,
+            severity_number=SEVERITIES.get(severity, SeverityNumber.WARN),
+            severity_text=severity.upper(),
+            body=f"rule {attrs.get('vigil.rule.name', '?')} matched",
+            attributes=attrs,
+            event_name=RULE_MATCH,
+        )

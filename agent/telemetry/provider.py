@@ -1,0 +1,232 @@
+"""The resource and the OTLP exporters, from the agent config and OTEL_* variables.
+
+The file wins; what it leaves unset falls to the standard environment
+variables (OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _TIMEOUT, _COMPRESSION,
+_CERTIFICATE, _INSECURE, _PROTOCOL and their per-signal forms), which the
+SDK's exporters read themselves when given None. Only the protocol is ours to
+resolve: the SDK has one exporter class per protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from opentelemetry.sdk._logs.export import LogRecordExporter
+from opentelemetry.sdk.metrics.export import MetricExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from vigil import __version__
+from vigil.api.export import Otlp, check_endpoint
+
+Signal = Literal["traces", "metrics", "logs"]
+Protocol = Literal["grpc", "http/protobuf"]
+PROTOCOLS: tuple[Protocol, ...] = ("grpc", "http/protobuf")
+SERVICE_NAME = "vigil-agent"
+
+
+class TelemetryError(ValueError):
+    """Export settings that cannot work; the message names the field or variable."""
+
+
+def build_resource(*, node_name: str | None, version: str = __version__) -> Resource:
+    """service.name=vigil-agent, service.version, host.name and k8s.node.name when known.
+
+    OTEL_RESOURCE_ATTRIBUTES adds to it (the SDK's detector); ours win on conflicts.
+    """
+    attributes: dict[str, str] = {
+        "service.name": SERVICE_NAME,
+        "service.version": version,
+        "host.name": socket.gethostname(),
+    }
+    if node_name:
+        attributes["k8s.node.name"] = node_name
+    return Resource.create(attributes)
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpSettings:
+    """Resolved export settings: None means "the SDK reads the environment"."""
+
+    protocol: Protocol
+    endpoint: str | None
+    headers: dict[str, str] | None
+    insecure: bool | None
+    certificate: str | None
+    client_certificate: str | None
+    client_key: str | None
+    compression: Literal["none", "gzip"] | None
+    timeout_s: float | None
+
+    def signal_endpoint(self, signal: Signal) -> str | None:
+        """The URL for one signal: gRPC takes the endpoint as is; HTTP appends /v1/<signal>."""
+        if self.endpoint is None or self.protocol == "grpc":
+            return self.endpoint
+        base = self.endpoint if "://" in self.endpoint else f"http://{self.endpoint}"
+        return base.rstrip("/") + f"/v1/{signal}"
+
+
+def _env_protocol(signal: Signal | None) -> Protocol | None:
+    names = [f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"] if signal else []
+    names.append("OTEL_EXPORTER_OTLP_PROTOCOL")
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            continue
+        for protocol in PROTOCOLS:
+            if value == protocol:
+                return protocol
+        raise TelemetryError(f"{name}={value!r}: vigil supports {' or '.join(PROTOCOLS)}")
+    return None
+
+
+def resolve(
+    otlp: Otlp, *, endpoint: str | None = None, signal: Signal | None = None
+) -> OtlpSettings:
+    """Merge the config (and a command-line endpoint, which beats it) with the environment."""
+    if endpoint is not None:
+        try:
+            check_endpoint(endpoint)
+        except ValueError as exc:
+            raise TelemetryError(f"--otlp-endpoint: {exc}") from None
+    timeout_s = None if otlp.timeout_ms is None else otlp.timeout_ms / 1000
+    return OtlpSettings(
+        protocol=otlp.protocol or _env_protocol(signal) or "grpc",
+        endpoint=endpoint or otlp.endpoint,
+        headers=dict(otlp.headers) or None,
+        insecure=otlp.insecure,
+        certificate=otlp.certificate,
+        client_certificate=otlp.client_certificate,
+        client_key=otlp.client_key,
+        compression=otlp.compression,
+        timeout_s=timeout_s,
+    )
+
+
+def _read(path: str | None, field: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise TelemetryError(f"export.otlp.{field}: cannot read {path}: {exc.strerror}") from None
+
+
+def _grpc_credentials(settings: OtlpSettings) -> Any:
+    """Channel credentials from the configured files; None: the SDK's (env) choice."""
+    if not (settings.certificate or settings.client_certificate or settings.client_key):
+        return None
+    import grpc  # type: ignore[import-untyped]
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.certificate, "certificate"),
+        private_key=_read(settings.client_key, "clientKey"),
+        certificate_chain=_read(settings.client_certificate, "clientCertificate"),
+    )
+
+
+def _grpc_compression(settings: OtlpSettings) -> Any:
+    if settings.compression is None:
+        return None
+    import grpc
+
+    gzip = settings.compression == "gzip"
+    return grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
+
+
+def _http_compression(settings: OtlpSettings) -> Any:
+    from opentelemetry.exporter.otlp.proto.http import Compression
+
+    for path, field in (
+        (settings.certificate, "certificate"),
+        (settings.client_certificate, "clientCertificate"),
+        (settings.client_key, "clientKey"),
+    ):
+        _read(path, field)  # a clear error now rather than a failed export later
+    if settings.compression is None:
+        return None
+    gzip = settings.compression == "gzip"
+    return Compression.Gzip if gzip else Compression.NoCompression
+
+
+def span_exporter(settings: OtlpSettings) -> SpanExporter:
+    if settings.protocol == "grpc":
+        from vigil.agent.telemetry.exporters import GrpcSpanExporter
+
+        return GrpcSpanExporter(
+            endpoint=settings.endpoint,
+            insecure=settings.insecure,
+            credentials=_grpc_credentials(settings),
+            headers=settings.headers,
+            timeout=settings.timeout_s,
+            compression=_grpc_compression(settings),
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(
+        endpoint=settings.signal_endpoint("traces"),
+        certificate_file=settings.certificate,
+        client_key_file=settings.client_key,
+        client_certificate_file=settings.client_certificate,
+        headers=settings.headers,
+        timeout=settings.timeout_s,
+        compression=_http_compression(settings),
+    )
+
+
+def metric_exporter(settings: OtlpSettings) -> MetricExporter:
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter(
+            endpoint=settings.endpoint,
+            insecure=settings.insecure,
+            credentials=_grpc_credentials(settings),
+            headers=settings.headers,
+            timeout=settings.timeout_s,
+            compression=_grpc_compression(settings),
+        )
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
+    return HttpMetricExporter(
+        endpoint=settings.signal_endpoint("metrics"),
+        certificate_file=settings.certificate,
+        client_key_file=settings.client_key,
+        client_certificate_file=settings.client_certificate,
+        headers=settings.headers,
+        timeout=settings.timeout_s,
+        compression=_http_compression(settings),
+    )
+
+
+def log_exporter(settings: OtlpSettings) -> LogRecordExporter:
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        return OTLPLogExporter(
+            endpoint=settings.endpoint,
+            insecure=settings.insecure,
+            credentials=_grpc_credentials(settings),
+            headers=settings.headers,
+            timeout=settings.timeout_s,
+            compression=_grpc_compression(settings),
+        )
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import (
+        OTLPLogExporter as HttpLogExporter,
+    )
+
+    return HttpLogExporter(
+        endpoint=settings.signal_endpoint("logs"),
+        certificate_file=settings.certificate,
+        client_key_file=settings.client_key,
+        client_certificate_file=settings.client_certificate,
+        headers=settings.headers,
+        timeout=settings.timeout_s,
+        compression=_http_compression(settings),
+    )

@@ -1,0 +1,341 @@
+"""Spans from events: one per process lifetime, one per TCP connection.
+
+A process span follows the OpenTelemetry conventions for CLI programs: named
+after `process.executable.name`, kind INTERNAL, from fork (or exec, when the
+fork was not seen) to exit, status ERROR on a non-zero exit code, a signal
+or an OOM kill. Its parent is the parent process's span when the agent saw
+that one, so a container's process tree reads as one trace.
+
+Events arrive after the fact with kernel timestamps, so spans are not built
+through the SDK's Tracer (which stamps "now" and costs ~40 us a span here in
+locks, attribute validation and context handling): the state of each open
+span is a small record with integer ids, and a finished one becomes an
+IdSpan (a ReadableSpan to the SDK, see vigil.agent.telemetry.wire), handed
+to the (bounded) BatchSpanProcessor. Span attributes are the event's, minus
+process.creation.time and process.exit.time: the span's own start and end. Sampling is the SDK's
+ParentBased(TraceIdRatioBased): a root's trace id decides, children follow
+their parent, so whole process trees are kept or dropped.
+
+Bounded: at most `max_open` open spans (the oldest ends early, marked
+`vigil.process.running=true`), `max_events` events per span; contexts of
+recently ended spans are kept a while so that a late TCP close or a late
+child still finds its parent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event as SpanEvent
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from vigil import __version__
+from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.timefmt import parse_rfc3339_ns
+from vigil.agent.telemetry.exporters import ExportCounters
+from vigil.agent.telemetry.wire import IdSpan
+from vigil.api.events import AttributeValue
+from vigil.api.export import Spans as SpanSettings
+
+PID = "process.pid"
+PPID = "process.parent_pid"
+EXE_NAME = "process.executable.name"
+RUNNING = "vigil.process.running"
+SCOPE = InstrumentationScope("vigil.agent.spans", __version__)
+RECENT_LIMIT = 4096  # ended spans whose context late events may still need
+
+_UNSET = Status(StatusCode.UNSET)
+_OOM_KILLED = Status(StatusCode.ERROR, "OOM killed")
+# The span's own start and end: not repeated as attributes.
+_SPAN_TIMES = ("process.creation.time", "process.exit.time")
+_TCP_KINDS = {"client": SpanKind.CLIENT, "server": SpanKind.SERVER}
+
+
+Ids = tuple[int, int, bool]  # trace id, span id, sampled
+
+
+@dataclass(slots=True)
+class _Open:
+    trace_id: int
+    span_id: int
+    parent_span_id: int  # 0: a root span
+    sampled: bool
+    name: str
+    start_ns: int
+    attributes: Mapping[str, AttributeValue]  # the event's own dict: never mutated here
+    events: BoundedList[SpanEvent] | None = None
+    oom_killed: bool = False
+
+
+def exit_status(attributes: Mapping[str, AttributeValue], *, oom_killed: bool) -> Status:
+    """ERROR for an OOM kill, a signal or a non-zero exit code; UNSET otherwise."""
+    if oom_killed:
+        return _OOM_KILLED
+    signal = attributes.get("vigil.process.exit.signal")
+    if signal:
+        return Status(StatusCode.ERROR, f"killed by signal {signal}")
+    code = attributes.get("process.exit.code")
+    if code:
+        return Status(StatusCode.ERROR, f"exit code {code}")
+    return _UNSET
+
+
+class ProcessSpans:
+    """Turns a stream of events into finished spans (called on the pipeline thread)."""
+
+    def __init__(
+        self,
+        processor: SpanProcessor,
+        *,
+        resource: Resource,
+        settings: SpanSettings,
+        counters: ExportCounters,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._processor = processor
+        self._resource = resource
+        self._settings = settings
+        self._counters = counters
+        self._clock = clock
+        self._sampler = ParentBased(TraceIdRatioBased(settings.sampling_ratio))
+        self._ids = RandomIdGenerator()
+        self._open: dict[int, _Open] = {}
+        # FIFO: popping a plain dict's first key gets slower as deleted slots pile up.
+        self._recent: OrderedDict[int, Ids] = OrderedDict()
+        self._handlers: dict[str, Callable[[Event], None]] = {
+            "process.fork": self._on_fork,
+            "process.exec": self._on_exec,
+            "process.exit": self._on_exit,
+            "process.oom_kill": self._on_oom_kill,
+            "network.tcp.close": self._on_tcp_close,
+            "syscall.slow": self._on_syscall_slow,
+            "rule.match": self._on_rule_match,
+        }
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def handle(self, events: Iterable[Event]) -> None:
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(event.kind)
+            if handler is not None:
+                handler(event)
+
+    def ids_of(self, pid: object) -> Ids | None:
+        """(trace id, span id, sampled) of process `pid`'s span: open, or ended a moment ago."""
+        if type(pid) is not int:
+            return None
+        state = self._open.get(pid)
+        if state is not None:
+            return state.trace_id, state.span_id, state.sampled
+        return self._recent.get(pid)
+
+    def context_of(self, pid: object) -> SpanContext | None:
+        """The span context of process `pid` (for log records that refer to it)."""
+        ids = self.ids_of(pid)
+        if ids is None:
+            return None
+        flags = TraceFlags(TraceFlags.SAMPLED if ids[2] else TraceFlags.DEFAULT)
+        return SpanContext(ids[0], ids[1], False, flags)
+
+    def close(self) -> None:
+        """End every open span now, marked as still running (agent shutdown)."""
+        now = self._clock()
+        while self._open:
+            _pid, state = self._open.popitem()
+            self._end_running(state, now)
+
+    # -- span bookkeeping ------------------------------------------------------------
+
+    def _new_state(
+        self,
+        parent: Ids | None,
+        name: str,
+        start_ns: int,
+        attributes: Mapping[str, AttributeValue],
+    ) -> _Open:
+        if parent is not None:
+            trace_id, parent_span_id, sampled = parent
+        else:
+            trace_id, parent_span_id = self._ids.generate_trace_id(), 0
+            decision = self._sampler.should_sample(None, trace_id, name).decision
+            sampled = decision is Decision.RECORD_AND_SAMPLE
+        span_id = self._ids.generate_span_id()
+        return _Open(trace_id, span_id, parent_span_id, sampled, name, start_ns, attributes)
+
+    def _state(self, event: Event, start_ns: int) -> _Open:
+        attributes = event.attributes
+        name = attributes.get(EXE_NAME)
+        return self._new_state(
+            self.ids_of(attributes.get(PPID)),
+            name if type(name) is str and name else "process",
+            start_ns,
+            attributes,
+        )
+
+    def _track(self, pid: int, state: _Open, now_ns: int) -> None:
+        open_spans = self._open
+        if len(open_spans) >= self._settings.max_open:
+            oldest = next(iter(open_spans))
+            self._end_running(open_spans.pop(oldest), now_ns)
+            self._counters.dropped("traces", "ended_early")
+        open_spans[pid] = state
+
+    def _finish(
+        self,
+        pid: int,
+        state: _Open,
+        end_ns: int,
+        attributes: Mapping[str, AttributeValue],
+        status: Status,
+    ) -> None:
+        recent = self._recent
+        recent[pid] = (state.trace_id, state.span_id, state.sampled)
+        if len(recent) > RECENT_LIMIT:
+            recent.popitem(last=False)
+        self._emit(state, end_ns, attributes, status, SpanKind.INTERNAL)
+
+    def _emit(
+        self,
+        state: _Open,
+        end_ns: int,
+        attributes: Mapping[str, AttributeValue],
+        status: Status,
+        kind: SpanKind,
+    ) -> None:
+        if not state.sampled:
+            return
+        start = state.start_ns
+        self._processor.on_end(
+            IdSpan(
+                state.name,
+                trace_id=state.trace_id,
+                span_id=state.span_id,
+                parent_span_id=state.parent_span_id,
+                sampled=True,
+                resource=self._resource,
+                scope=SCOPE,
+                attributes=attributes,
+                events=state.events if state.events is not None else (),
+                kind=kind,
+                status=status,
+                start_time=start,
+                end_time=end_ns if end_ns > start else start,
+            )
+        )
+
+    def _end_running(self, state: _Open, end_ns: int) -> None:
+        attributes = dict(state.attributes)
+        for key in _SPAN_TIMES:
+            attributes.pop(key, None)
+        attributes[RUNNING] = True
+        self._emit(state, end_ns, attributes, _UNSET, SpanKind.INTERNAL)
+
+    def _add_event(self, pid: object, name: str, event: Event, keys: Iterable[str]) -> None:
+        state = self._open.get(pid) if isinstance(pid, int) else None
+        if state is None:
+            self._counters.dropped("traces", "span_event_without_span")
+            return
+        if state.events is None:
+            state.events = BoundedList(self._settings.max_events)
+        attrs = event.attributes
+        before = state.events.dropped
+        kept = {k: attrs[k] for k in keys if k in attrs}
+        state.events.append(SpanEvent(name, kept, event.time_ns))
+        if state.events.dropped != before:
+            self._counters.dropped("traces", "span_event_limit")
+
+    # -- per event kind --------------------------------------------------------------
+
+    def _on_fork(self, event: Event) -> None:
+        pid = event.attributes.get(PID)
+        if not isinstance(pid, int):
+            return
+        stale = self._open.pop(pid, None)
+        if stale is not None:  # the pid was reused: its exit never reached us
+            self._end_running(stale, event.time_ns)
+        self._track(pid, self._state(event, event.time_ns), event.time_ns)
+
+    def _on_exec(self, event: Event) -> None:
+        pid = event.attributes.get(PID)
+        if not isinstance(pid, int):
+            return
+        state = self._open.get(pid)
+        if state is None:
+            self._track(pid, self._state(event, event.time_ns), event.time_ns)
+            return
+        # Same process, new program: the span takes the new image's name and attributes.
+        state.name = str(event.attributes.get(EXE_NAME) or state.name)
+        state.attributes = event.attributes
+
+    def _on_exit(self, event: Event) -> None:
+        attrs = event.attributes
+        pid = attrs.get(PID)
+        if not isinstance(pid, int):
+            return
+        state = self._open.pop(pid, None)
+        if state is None:
+            # Started before the agent (or its fork was lost): span its whole life.
+            created = attrs.get("process.creation.time")
+            start = parse_rfc3339_ns(created) if isinstance(created, str) else None
+            state = self._state(event, start if start is not None else event.time_ns)
+        # What the process was (start attributes) wins; the exit adds its own keys.
+        attributes = dict(attrs)
+        attributes.update(state.attributes)
+        for key in _SPAN_TIMES:
+            attributes.pop(key, None)
+        code = attrs.get("process.exit.code")
+        if code:
+            attributes["error.type"] = str(code)
+            status = exit_status(attrs, oom_killed=state.oom_killed)
+        else:
+            status = _OOM_KILLED if state.oom_killed else _UNSET
+        self._finish(pid, state, event.time_ns, attributes, status)
+
+    def _on_oom_kill(self, event: Event) -> None:
+        pid = event.attributes.get(PID)
+        state = self._open.get(pid) if isinstance(pid, int) else None
+        if state is not None:
+            state.oom_killed = True
+        self._add_event(pid, "process.oom_kill", event, event.attributes.keys())
+
+    def _on_tcp_close(self, event: Event) -> None:
+        attrs = event.attributes
+        duration = attrs.get("vigil.tcp.duration_ns")
+        start = event.time_ns - duration if isinstance(duration, int) else event.time_ns
+        parent = self.ids_of(attrs.get(PID))
+        name = "tcp.connection"
+        direction = attrs.get("vigil.tcp.direction")
+        kind = (
+            _TCP_KINDS.get(direction, SpanKind.INTERNAL)
+            if isinstance(direction, str)
+            else (SpanKind.INTERNAL)
+        )
+        state = self._new_state(parent, name, start, attrs)
+        self._emit(state, event.time_ns, attrs, _UNSET, kind)
+
+    def _on_syscall_slow(self, event: Event) -> None:
+        self._add_event(
+            event.attributes.get(PID),
+            "syscall.slow",
+            event,
+            ("vigil.syscall.name", "vigil.syscall.duration_ns", "vigil.syscall.errno"),
+        )
+
+    def _on_rule_match(self, event: Event) -> None:
+        self._add_event(
+            event.attributes.get(PID),
+            "rule.match",
+            event,
+            ("vigil.rule.name", "vigil.rule.severity", "vigil.rule.policy"),
+        )

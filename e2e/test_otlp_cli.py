@@ -1,0 +1,96 @@
+"""`vigil-agent run --output json,otlp --otlp-endpoint URL` as users run it."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from e2e.test_agent_cli import _wait_for_stderr
+from tests.support.otlp_receiver import OtlpReceiver
+from vigil.api.events import EventRecord
+
+AGENT = [sys.executable, "-m", "vigil.agent.cli"]
+
+
+@pytest.mark.bpf
+def test_outputs_combine_and_running_processes_end_their_spans(tmp_path: Path) -> None:
+    true_copy = tmp_path / f"vigil-e2e-true-{uuid.uuid4().hex[:8]}"
+    sleep_copy = tmp_path / f"vigil-e2e-sleep-{uuid.uuid4().hex[:8]}"
+    shutil.copy("/bin/true", true_copy)
+    shutil.copy("/bin/sleep", sleep_copy)
+    with OtlpReceiver() as receiver:
+        agent = subprocess.Popen(
+            [
+                *AGENT,
+                "run",
+                "--probes",
+                "process",
+                "--output",
+                "json,otlp",
+                "--otlp-endpoint",
+                receiver.endpoint,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        sleeper = None
+        try:
+            _wait_for_stderr(agent, b"ready", timeout=30)
+            done = subprocess.run([str(true_copy)], check=True)
+            del done
+            sleeper = subprocess.Popen([str(sleep_copy), "60"])
+        finally:
+            agent.send_signal(signal.SIGINT)
+            stdout, stderr = agent.communicate(timeout=60)
+            if sleeper is not None:
+                sleeper.kill()
+                sleeper.wait()
+        assert agent.returncode == 0, stderr.decode()
+        spans = receiver.spans()
+
+    records = [EventRecord.model_validate_json(line) for line in stdout.splitlines()]
+    json_execs = [
+        r
+        for r in records
+        if r.kind == "process.exec"
+        and r.attributes.get("process.executable.path") == str(true_copy)
+    ]
+    assert len(json_execs) == 1
+
+    [finished] = [s for s in spans if s.name == true_copy.name]
+    assert finished.attributes["process.pid"] == json_execs[0].attributes["process.pid"]
+    assert finished.attributes["process.exit.code"] == 0
+    assert "vigil.process.running" not in finished.attributes
+
+    assert sleeper is not None
+    [running] = [s for s in spans if s.name == sleep_copy.name]
+    assert running.attributes["process.pid"] == sleeper.pid
+    assert running.attributes["vigil.process.running"] is True
+    assert "process.exit.code" not in running.attributes
+    assert running.resource["service.name"] == "vigil-agent"
+
+
+def test_a_bad_otlp_endpoint_names_the_flag() -> None:
+    result = subprocess.run(
+        [*AGENT, "run", "--output", "otlp", "--otlp-endpoint", "ftp://collector:4317"],
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"--otlp-endpoint" in result.stderr
+    assert b"the scheme must be http or https" in result.stderr
+
+
+def test_unknown_output_lists_otlp() -> None:
+    result = subprocess.run(
+        [*AGENT, "run", "--output", "json,otel"], capture_output=True, check=False
+    )
+    assert result.returncode == 2
+    assert b"unknown output 'otel'" in result.stderr
+    assert b"otlp" in result.stderr

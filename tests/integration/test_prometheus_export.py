@@ -1,0 +1,129 @@
+"""The agent's optional /metrics endpoint, scraped by a real Prometheus server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_otlp_export import run_times, unique_copy, wait_for_exits
+from tests.support.agent import CollectingSink
+from tests.support.bpf import require_bpf
+from tests.support.otlp_receiver import free_port
+from vigil.agent.runtime import Agent
+from vigil.agent.telemetry.export import Telemetry
+from vigil.api.config import AgentConfig
+from vigil.api.export import Export, Prometheus
+
+pytestmark = pytest.mark.bpf
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+def http_get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: bytes = response.read()
+        return body
+
+
+@pytest.fixture
+def prometheus_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A Prometheus on 127.0.0.1 whose scrape config the test writes before reloading."""
+    if PROMETHEUS is None:
+        pytest.skip("PROMETHEUS BINARY ABSENT, SKIPPED: install the `prometheus` package")
+    return f"http://127.0.0.1:{free_port()}", tmp_path
+
+
+def start_prometheus(base: str, directory: Path, target: str) -> subprocess.Popen[bytes]:
+    assert PROMETHEUS is not None
+    config = directory / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: vigil\n    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    listen = base.removeprefix("http://")
+    server = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={directory / 'data'}",
+            f"--web.listen-address={listen}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            http_get(f"{base}/-/ready")
+            return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("prometheus did not become ready") from None
+            time.sleep(0.2)
+
+
+def query(base: str, promql: str) -> list[dict[str, object]]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    reply = json.loads(http_get(url))
+    assert reply["status"] == "success"
+    result: list[dict[str, object]] = reply["data"]["result"]
+    return result
+
+
+def test_prometheus_scrapes_the_agents_metrics(
+    prometheus_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    require_bpf()
+    base, directory = prometheus_server
+    config = AgentConfig(export=Export(prometheus=Prometheus(enabled=True, port=0)))
+    telemetry = Telemetry(config.export, otlp=False)
+    sink = CollectingSink()
+    agent = Agent(config, sinks=[telemetry.sink, sink], probes=["process"])
+    telemetry.bind(agent)
+    agent.start()
+    server = None
+    try:
+        target = f"127.0.0.1:{telemetry.prometheus_port}"
+        exe = unique_copy(tmp_path)
+        wait_for_exits(sink, run_times(exe, 3))
+        exposition = http_get(f"http://{target}/metrics").decode()
+        [line] = [
+            line
+            for line in exposition.splitlines()
+            if line.startswith("vigil_process_execs_total{")
+            and f'process_executable_name="{exe.name}"' in line
+        ]
+        assert line.endswith(" 3.0")
+
+        server = start_prometheus(base, directory, target)
+        promql = f'vigil_process_execs_total{{process_executable_name="{exe.name}"}}'
+        deadline = time.monotonic() + 45
+        result = query(base, promql)
+        while not result and time.monotonic() < deadline:
+            time.sleep(0.5)
+            result = query(base, promql)
+        assert len(result) == 1, result
+        sample = result[0]
+        assert sample["value"][1] == "3"  # type: ignore[index]
+        labels = sample["metric"]
+        assert labels["job"] == "vigil"  # type: ignore[index]
+        assert labels["instance"] == target  # type: ignore[index]
+        lifetimes = query(
+            base, f'vigil_process_lifetime_seconds_count{{process_executable_name="{exe.name}"}}'
+        )
+        assert [r["value"][1] for r in lifetimes] == ["3"]  # type: ignore[index]
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        agent.stop()

@@ -1,0 +1,279 @@
+"""Telemetry end to end against an in-process collector, without BPF.
+
+Stand-in probes feed MetricPoints and events; the receiver decodes what
+the real OTLP exporters sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import pytest
+from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_ERROR
+
+from tests.support.otlp_receiver import OtlpReceiver
+from vigil.agent.pipeline.events import Event
+from vigil.agent.telemetry.export import Telemetry
+from vigil.agent.telemetry.histograms import LOG2_SLOTS, Log2Histogram
+from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
+from vigil.api.events import AttributeValue
+from vigil.api.export import Export, Metrics, Otlp, Spans
+
+LATENCY = MetricSpec("vigil.test.latency", "histogram", "s", "test", scale=1e-9)
+BYTES = MetricSpec("vigil.test.bytes", "counter", "By", "test")
+QUEUED = MetricSpec("vigil.test.queued", "gauge", "{item}", "test")
+PODS = {
+    11: {"k8s.pod.name": "web-1", "k8s.namespace.name": "shop", "container.id": "a" * 64},
+    12: {"k8s.pod.name": "web-1", "k8s.namespace.name": "shop", "container.id": "b" * 64},
+    13: {"k8s.pod.name": "db-0", "k8s.namespace.name": "shop"},
+}
+CALLS = MetricSpec("vigil.test.calls", "counter", "{call}", "test")
+SIZES = MetricSpec("vigil.test.sizes", "histogram", "By", "test", buckets=(10.0, 100.0))
+
+
+class FakeProbe:
+    name: ClassVar[str] = "fake"
+    event_metrics: ClassVar[tuple[EventMetric, ...]] = (
+        EventMetric(CALLS, "test.call", attributes=("vigil.test.op",)),
+        EventMetric(
+            SIZES,
+            "test.call",
+            value=lambda e: e.attributes.get("vigil.test.size"),  # type: ignore[arg-type, return-value]
+            constant_attributes={"vigil.test.unit": "bytes"},
+        ),
+    )
+
+    def __init__(self, points: list[MetricPoint]) -> None:
+        self.points = points
+
+    def collect(self) -> list[MetricPoint]:
+        return self.points
+
+
+class Resolver:
+    def cgroup_attributes(self, cgroup_id: int) -> Mapping[str, AttributeValue] | None:
+        return PODS.get(cgroup_id)
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as running:
+        yield running
+
+
+def telemetry_for(receiver: OtlpReceiver, **export: Any) -> Telemetry:
+    settings = Export(
+        otlp=Otlp(endpoint=receiver.endpoint, timeout_ms=2000),
+        metrics=Metrics(interval_ms=3_600_000),  # exported on force_flush only
+        spans=Spans(batch_delay_ms=60_000),
+        **export,
+    )
+    return Telemetry(settings, node_name="node-a")
+
+
+def histogram(slots: dict[int, int], total: int) -> Log2Histogram:
+    counts = [0] * 8
+    for slot, count in slots.items():
+        counts[slot] = count
+    return Log2Histogram.from_slots(counts, total)
+
+
+def test_kernel_histograms_arrive_with_exact_bounds_merged_per_pod(receiver: OtlpReceiver) -> None:
+    probe = FakeProbe(
+        [
+            MetricPoint(LATENCY, {"vigil.cgroup.id": 11}, histogram({1: 2, 3: 1}, 1000)),
+            MetricPoint(LATENCY, {"vigil.cgroup.id": 12}, histogram({3: 4, 7: 1}, 500)),
+            MetricPoint(LATENCY, {"vigil.cgroup.id": 13}, histogram({0: 1}, 1)),
+            MetricPoint(LATENCY, {"vigil.cgroup.id": 99}, histogram({2: 3}, 9)),  # unknown
+            MetricPoint(BYTES, {"vigil.cgroup.id": 11, "network.transport": "tcp"}, 100),
+            MetricPoint(BYTES, {"vigil.cgroup.id": 12, "network.transport": "tcp"}, 23),
+            MetricPoint(QUEUED, {"vigil.cgroup.id": 11}, 2),
+            MetricPoint(QUEUED, {"vigil.cgroup.id": 12}, 5),
+        ]
+    )
+    telemetry = telemetry_for(receiver)
+    telemetry.bind_sources(probes=lambda: (probe,), enricher=Resolver)
+    try:
+        assert telemetry.force_flush()
+        web = receiver.last("vigil.test.latency", k8s__pod__name="web-1")
+        assert web is not None
+        assert web.attributes == {"k8s.pod.name": "web-1", "k8s.namespace.name": "shop"}
+        assert web.metric.unit == "s"
+        expected = [0] * LOG2_SLOTS
+        expected[1], expected[3], expected[7] = 2, 5, 1
+        assert list(web.point.bucket_counts) == expected
+        assert list(web.point.explicit_bounds) == [1e-9 * 2.0**k for k in range(LOG2_SLOTS - 1)]
+        assert web.point.count == 8
+        assert web.point.sum == pytest.approx(1500e-9)
+        assert not web.point.HasField("min")
+        assert web.metric.histogram.aggregation_temporality == 2  # cumulative
+        unknown = receiver.last("vigil.test.latency", vigil__cgroup__id=99)
+        assert unknown is not None
+        assert list(unknown.point.bucket_counts)[2] == 3
+        assert len(receiver.points("vigil.test.latency")) == 3  # web-1, db-0, cgroup 99
+        sent = receiver.last("vigil.test.bytes", k8s__pod__name="web-1")
+        assert sent is not None
+        assert sent.point.as_int == 123
+        assert sent.attributes["network.transport"] == "tcp"
+        assert sent.metric.sum.is_monotonic
+        queued = receiver.last("vigil.test.queued", k8s__pod__name="web-1")
+        assert queued is not None
+        assert queued.point.as_int == 7
+        assert web.resource["service.name"] == "vigil-agent"
+        assert web.resource["k8s.node.name"] == "node-a"
+    finally:
+        telemetry.shutdown()
+
+
+def test_without_enrichment_points_keep_their_cgroup_id(receiver: OtlpReceiver) -> None:
+    probe = FakeProbe([MetricPoint(BYTES, {"vigil.cgroup.id": 11}, 5)])
+    telemetry = telemetry_for(receiver)
+    telemetry.bind_sources(probes=lambda: (probe,))
+    try:
+        telemetry.force_flush()
+        point = receiver.last("vigil.test.bytes")
+        assert point is not None
+        assert point.attributes == {"vigil.cgroup.id": 11}
+    finally:
+        telemetry.shutdown()
+
+
+def test_event_metrics_count_every_event_with_bounded_attributes(receiver: OtlpReceiver) -> None:
+    probe = FakeProbe([])
+    telemetry = telemetry_for(receiver)
+    telemetry.bind_sources(probes=lambda: (probe,))
+
+    def call(op: str, size: int, pid: int) -> Event:
+        return Event(
+            "test.call",
+            1,
+            {
+                "vigil.test.op": op,
+                "vigil.test.size": size,
+                "process.pid": pid,  # unbounded: never a metric attribute
+                "k8s.pod.name": "web-1",
+                "process.executable.name": "app",
+            },
+        )
+
+    try:
+        telemetry.sink.emit([call("read", 5, 1), call("read", 50, 2), call("write", 500, 3)])
+        telemetry.sink.emit([call("read", 7, 4), Event("other", 1, {})])
+        telemetry.force_flush()
+        reads = receiver.last("vigil.test.calls", vigil__test__op="read")
+        assert reads is not None
+        assert reads.point.as_int == 3
+        assert reads.attributes == {
+            "vigil.test.op": "read",
+            "k8s.pod.name": "web-1",
+            "process.executable.name": "app",
+        }
+        writes = receiver.last("vigil.test.calls", vigil__test__op="write")
+        assert writes is not None
+        assert writes.point.as_int == 1
+        sizes = receiver.last("vigil.test.sizes")
+        assert sizes is not None
+        assert sizes.attributes["vigil.test.unit"] == "bytes"
+        assert list(sizes.point.explicit_bounds) == [10.0, 100.0]
+        assert list(sizes.point.bucket_counts) == [2, 1, 1]
+        assert sizes.point.sum == 562
+    finally:
+        telemetry.shutdown()
+
+
+def test_rule_matches_become_logs_span_events_and_a_counter(receiver: OtlpReceiver) -> None:
+    telemetry = telemetry_for(receiver)
+    telemetry.bind_sources(probes=tuple)
+    exec_event = Event(
+        "process.exec",
+        1_000,
+        {"process.pid": 77, "process.parent_pid": 1, "process.executable.name": "x"},
+    )
+    match = Event(
+        "rule.match",
+        2_000,
+        {
+            "vigil.rule.name": "tmp-exec",
+            "vigil.rule.severity": "high",
+            "vigil.rule.policy": "shop/no-tmp",
+            "process.pid": 77,
+            "process.executable.path": "/tmp/x",
+            "k8s.pod.name": "web-1",
+        },
+    )
+    exit_event = Event(
+        "process.exit", 3_000, {"process.pid": 77, "process.parent_pid": 1, "process.exit.code": 0}
+    )
+    try:
+        telemetry.sink.emit([exec_event, match, exit_event])
+        telemetry.force_flush()
+        (record, resource), *_ = receiver.wait_for(receiver.log_records)
+        assert record.severity_number == SEVERITY_NUMBER_ERROR
+        assert record.severity_text == "HIGH"
+        assert record.time_unix_nano == 2_000
+        assert record.event_name == "rule.match"
+        assert resource["service.name"] == "vigil-agent"
+        (span,) = receiver.wait_for(receiver.spans)
+        assert bytes(record.trace_id) == span.trace_id
+        assert bytes(record.span_id) == span.span_id
+        assert [(e.name, e.time_unix_nano) for e in span.span.events] == [("rule.match", 2_000)]
+        matches = receiver.last("vigil.rule.matches")
+        assert matches is not None
+        assert matches.point.as_int == 1
+        assert matches.attributes == {
+            "vigil.rule.name": "tmp-exec",
+            "vigil.rule.severity": "high",
+            "vigil.rule.policy": "shop/no-tmp",
+            "k8s.pod.name": "web-1",
+        }
+    finally:
+        telemetry.shutdown()
+
+
+def test_health_metrics_follow_the_agents_counters(receiver: OtlpReceiver) -> None:
+    counters = {
+        "process": {
+            "received": 100,
+            "dropped_kernel": 3,
+            "map_full": 1,
+            "dropped_queue": 7,
+            "decode_errors": 2,
+        },
+        "enrichment": {"cgroup_misses": 4, "pod_misses": 5, "hold_overflow": 0, "held": 0},
+        "rules": {"errors": 6},
+    }
+    telemetry = telemetry_for(receiver)
+    telemetry.bind_sources(probes=tuple, counters=lambda: counters)
+    try:
+        telemetry.force_flush()
+        outcomes = {
+            p.attributes["outcome"]: p.point.as_int
+            for p in receiver.points("vigil.agent.events")
+            if p.attributes["vigil.probe"] == "process"
+        }
+        assert outcomes == {
+            "accepted": 91,
+            "dropped_kernel": 3,
+            "dropped_queue": 7,
+            "decode_error": 2,
+        }
+        misses = {
+            p.attributes["reason"]: p.point.as_int
+            for p in receiver.points("vigil.agent.enrichment.misses")
+        }
+        assert misses == {"cgroup": 4, "pod": 5}
+        errors = receiver.last("vigil.agent.rule.errors")
+        assert errors is not None
+        assert errors.point.as_int == 6
+        full = receiver.last("vigil.agent.kernel.map_full", vigil__probe="process")
+        assert full is not None
+        assert full.point.as_int == 1
+        rss = receiver.last("process.memory.usage")
+        assert rss is not None
+        assert rss.point.as_int > 10 * 2**20
+        user = receiver.last("process.cpu.time", cpu__mode="user")
+        assert user is not None
+        assert user.point.as_double > 0
+    finally:
+        telemetry.shutdown()
