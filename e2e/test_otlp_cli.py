@@ -6,13 +6,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from e2e.test_agent_cli import _wait_for_stderr
-from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.otlp_receiver import OtlpReceiver, free_port
 from vigil.api.events import EventRecord
 
 AGENT = [sys.executable, "-m", "vigil.agent.cli"]
@@ -94,3 +95,36 @@ def test_unknown_output_lists_otlp() -> None:
     assert result.returncode == 2
     assert b"unknown output 'otel'" in result.stderr
     assert b"otlp" in result.stderr
+
+
+@pytest.mark.bpf
+def test_a_down_collector_never_holds_the_shutdown_up(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("export:\n  otlp:\n    shutdownTimeoutMs: 1000\n    timeoutMs: 5000\n")
+    agent = subprocess.Popen(
+        [
+            *AGENT,
+            "run",
+            "--config",
+            str(config),
+            "--probes",
+            "process",
+            "--output",
+            "otlp",
+            "--otlp-endpoint",
+            f"http://127.0.0.1:{free_port()}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for_stderr(agent, b"ready", timeout=30)
+        subprocess.run(["/bin/true"], check=True)
+        time.sleep(1.5)  # spans and metrics are now retrying against nothing
+    finally:
+        stopping = time.monotonic()
+        agent.send_signal(signal.SIGINT)
+        _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr.decode()
+    # One budget (1 s) for all signals, plus the grace an aborted export gets.
+    assert time.monotonic() - stopping < 4

@@ -100,14 +100,17 @@ def wanted(export: Export, outputs: Iterable[str]) -> tuple[bool, bool]:
     return otlp, otlp or export.prometheus.enabled
 
 
+ABORT_GRACE_SECONDS = 1.0
+
+
 def _bounded(work: Callable[[], object], abort: Callable[[], None], seconds: float) -> None:
     """Run `work` (a flush) for at most `seconds`; then `abort` ends its retries."""
     thread = threading.Thread(target=work, name="vigil-telemetry-flush", daemon=True)
     thread.start()
-    thread.join(seconds)
+    thread.join(max(0.0, seconds))
     if thread.is_alive():
         abort()
-        thread.join(seconds)
+        thread.join(ABORT_GRACE_SECONDS)
 
 
 class Telemetry:
@@ -309,16 +312,21 @@ class Telemetry:
         if self._closed:
             return
         self._closed = True
-        seconds = self.settings.otlp.shutdown_timeout_ms / 1000
+        # One budget for all signals: with the collector down, waiting once is enough.
+        deadline = time.monotonic() + self.settings.otlp.shutdown_timeout_ms / 1000
+
+        def remaining() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         if self.spans is not None:
             self.spans.close()
         if self._span_processor is not None and self._span_exporter is not None:
-            _bounded(self._span_processor.shutdown, self._span_exporter.abort, seconds)
+            _bounded(self._span_processor.shutdown, self._span_exporter.abort, remaining())
         if self._log_processor is not None and self._log_exporter is not None:
-            _bounded(self._log_processor.shutdown, self._log_exporter.abort, seconds)
+            _bounded(self._log_processor.shutdown, self._log_exporter.abort, remaining())
         # Last: the final collection then counts the span and log exports above.
         try:
-            self.meter_provider.shutdown(timeout_millis=max(1.0, seconds * 1000))
+            self.meter_provider.shutdown(timeout_millis=max(100.0, remaining() * 1000))
         except Exception as exc:
             log.warning("metric export at shutdown failed: %s", exc)
         if self._prometheus_server is not None:
