@@ -29,17 +29,14 @@ from vigil.agent.kernel import mounts
 from vigil.agent.pipeline.events import Event
 from vigil.agent.probes import cgroup_maps
 from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext
-from vigil.agent.telemetry.samples import MetricPoint, MetricSpec
+from vigil.agent.probes.process import PROCESS_STATE
+from vigil.agent.telemetry.samples import MetricPoint
 from vigil.api.probes.process_state import ProcessStateProbe as ProcessStateConfig
 
 log = logging.getLogger(__name__)
 
-STATE = MetricSpec(
-    "vigil.process.state",
-    "gauge",
-    "{process}",
-    "Processes in a given state now, by vigil.process.state_name (threads count one by one)",
-)
+# One gauge with the process probe's zombies: same name, so one description.
+STATE = PROCESS_STATE
 UNINTERRUPTIBLE = "uninterruptible"
 PROC = Path("/proc")
 BPF_NOEXIST = 1
