@@ -129,16 +129,26 @@ def _grpc_credentials(settings: OtlpSettings) -> Any:
     )
 
 
-def _grpc_compression(settings: OtlpSettings) -> Any:
-    if settings.compression is None:
-        return None
-    import grpc
+def _grpc_options(settings: OtlpSettings) -> dict[str, Any]:
+    """Keyword arguments every OTLP/gRPC exporter takes, from the settings."""
+    compression = None
+    if settings.compression is not None:
+        import grpc
 
-    gzip = settings.compression == "gzip"
-    return grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
+        gzip = settings.compression == "gzip"
+        compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
+    return {
+        "endpoint": settings.endpoint,
+        "insecure": settings.insecure,
+        "credentials": _grpc_credentials(settings),
+        "headers": settings.headers,
+        "timeout": settings.timeout_s,
+        "compression": compression,
+    }
 
 
-def _http_compression(settings: OtlpSettings) -> Any:
+def _http_options(settings: OtlpSettings, signal: Signal) -> dict[str, Any]:
+    """Keyword arguments every OTLP/HTTP exporter takes, for `signal` (traces, metrics, logs)."""
     from opentelemetry.exporter.otlp.proto.http import Compression
 
     for path, field in (
@@ -147,86 +157,50 @@ def _http_compression(settings: OtlpSettings) -> Any:
         (settings.client_key, "clientKey"),
     ):
         _read(path, field)  # a clear error now rather than a failed export later
-    if settings.compression is None:
-        return None
-    gzip = settings.compression == "gzip"
-    return Compression.Gzip if gzip else Compression.NoCompression
+    compression = None
+    if settings.compression is not None:
+        gzip = settings.compression == "gzip"
+        compression = Compression.Gzip if gzip else Compression.NoCompression
+    return {
+        "endpoint": settings.signal_endpoint(signal),
+        "certificate_file": settings.certificate,
+        "client_key_file": settings.client_key,
+        "client_certificate_file": settings.client_certificate,
+        "headers": settings.headers,
+        "timeout": settings.timeout_s,
+        "compression": compression,
+    }
 
 
 def span_exporter(settings: OtlpSettings) -> SpanExporter:
     if settings.protocol == "grpc":
         from vigil.agent.telemetry.exporters import GrpcSpanExporter
 
-        return GrpcSpanExporter(
-            endpoint=settings.endpoint,
-            insecure=settings.insecure,
-            credentials=_grpc_credentials(settings),
-            headers=settings.headers,
-            timeout=settings.timeout_s,
-            compression=_grpc_compression(settings),
-        )
+        return GrpcSpanExporter(**_grpc_options(settings))
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter(
-        endpoint=settings.signal_endpoint("traces"),
-        certificate_file=settings.certificate,
-        client_key_file=settings.client_key,
-        client_certificate_file=settings.client_certificate,
-        headers=settings.headers,
-        timeout=settings.timeout_s,
-        compression=_http_compression(settings),
-    )
+    return OTLPSpanExporter(**_http_options(settings, "traces"))
 
 
 def metric_exporter(settings: OtlpSettings) -> MetricExporter:
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        return OTLPMetricExporter(
-            endpoint=settings.endpoint,
-            insecure=settings.insecure,
-            credentials=_grpc_credentials(settings),
-            headers=settings.headers,
-            timeout=settings.timeout_s,
-            compression=_grpc_compression(settings),
-        )
+        return OTLPMetricExporter(**_grpc_options(settings))
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
     )
 
-    return HttpMetricExporter(
-        endpoint=settings.signal_endpoint("metrics"),
-        certificate_file=settings.certificate,
-        client_key_file=settings.client_key,
-        client_certificate_file=settings.client_certificate,
-        headers=settings.headers,
-        timeout=settings.timeout_s,
-        compression=_http_compression(settings),
-    )
+    return HttpMetricExporter(**_http_options(settings, "metrics"))
 
 
 def log_exporter(settings: OtlpSettings) -> LogRecordExporter:
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
-        return OTLPLogExporter(
-            endpoint=settings.endpoint,
-            insecure=settings.insecure,
-            credentials=_grpc_credentials(settings),
-            headers=settings.headers,
-            timeout=settings.timeout_s,
-            compression=_grpc_compression(settings),
-        )
+        return OTLPLogExporter(**_grpc_options(settings))
     from opentelemetry.exporter.otlp.proto.http._log_exporter import (
         OTLPLogExporter as HttpLogExporter,
     )
 
-    return HttpLogExporter(
-        endpoint=settings.signal_endpoint("logs"),
-        certificate_file=settings.certificate,
-        client_key_file=settings.client_key,
-        client_certificate_file=settings.client_certificate,
-        headers=settings.headers,
-        timeout=settings.timeout_s,
-        compression=_http_compression(settings),
-    )
+    return HttpLogExporter(**_http_options(settings, "logs"))
