@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import selectors
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import AGENT, wait_for_stderr
 from vigil.agent.kernel import btf
 from vigil.api.events import EventRecord
-
-AGENT = [sys.executable, "-m", "vigil.agent.cli"]
 
 
 def _bpftool(*args: str) -> list[dict[str, object]]:
@@ -45,22 +41,6 @@ def _prog_ids_held_by(pid: int) -> set[int]:
     return ids & _vigil_prog_ids()
 
 
-def _wait_for_stderr(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:
-    assert proc.stderr is not None
-    seen = b""
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stderr, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no {needle!r} on stderr within {timeout}s: {seen.decode()}"
-        if selector.select(remaining):
-            chunk = os.read(proc.stderr.fileno(), 65536)
-            assert chunk, f"agent exited early: {seen.decode()}"
-            seen += chunk
-    return seen
-
-
 def test_doctor_json_reports_this_machine() -> None:
     result = subprocess.run([*AGENT, "doctor", "--json"], capture_output=True, check=False)
     report = json.loads(result.stdout)
@@ -84,7 +64,7 @@ def test_run_json_until_sigint_then_nothing_stays_loaded() -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_for_stderr(proc, b"ready", timeout=30)
+        wait_for_stderr(proc, b"ready", timeout=30)
         loaded = _prog_ids_held_by(proc.pid)  # not other agents on a shared machine
         # process: fork, exec, exit, free; cgroups (enrichment): mkdir, rmdir
         assert len(loaded) == 6

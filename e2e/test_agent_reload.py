@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,30 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.cli import AGENT, Stderr
 from vigil.api.events import EventRecord
-
-AGENT = [sys.executable, "-m", "vigil.agent.cli"]
-
-
-class Stderr:
-    """The agent's log, read as it comes."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stderr is not None
-        self._fd = proc.stderr.fileno()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(proc.stderr, selectors.EVENT_READ)
-        self.text = b""
-
-    def wait_for(self, needle: bytes, *, count: int = 1, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.text.count(needle) < count:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no {needle!r} x{count} in {timeout}s: {self.text.decode()}"
-            if self._selector.select(remaining):
-                chunk = os.read(self._fd, 65536)
-                assert chunk, f"agent exited early: {self.text.decode()}"
-                self.text += chunk
 
 
 class ConfigMapVolume:

@@ -4,37 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.support.agent import memory_cgroup_v1, scratch_cgroup, spawn
+from tests.support.cli import AGENT, wait_for_stderr
 from vigil.api.events import EventRecord
 
-AGENT = [sys.executable, "-m", "vigil.agent.cli"]
 # Touches 1 MiB at a time until the OOM killer ends it.
 HOG = "chunks = []\nwhile True:\n    chunks.append(b'x' * (1 << 20))\n"
-
-
-def _read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:
-    """Stderr of `proc` up to `needle` (the agent logs "ready" once attached)."""
-    assert proc.stderr is not None
-    seen = b""
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stderr, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no {needle!r} on stderr within {timeout}s: {seen.decode()}"
-        if selector.select(remaining):
-            chunk = os.read(proc.stderr.fileno(), 65536)
-            assert chunk, f"agent exited early: {seen.decode()}"
-            seen += chunk
-    return seen
 
 
 def test_doctor_lists_the_oom_probe() -> None:
@@ -55,7 +36,7 @@ def test_run_reports_an_oom_kill_with_the_victims_pid_and_cgroup() -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        _read_until(proc, b"ready", timeout=30)
+        wait_for_stderr(proc, b"ready", timeout=30)
         with memory_cgroup_v1(32 << 20) as memory, scratch_cgroup() as cgroup:
             cgroup_id = cgroup.stat().st_ino
             hog = spawn([sys.executable, "-c", HOG], cgroup=cgroup, also_in=[memory])

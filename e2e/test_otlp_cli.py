@@ -5,18 +5,15 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from e2e.test_agent_cli import _wait_for_stderr
+from tests.support.cli import AGENT, wait_for_stderr
 from tests.support.otlp_receiver import OtlpReceiver, free_port
 from vigil.api.events import EventRecord
-
-AGENT = [sys.executable, "-m", "vigil.agent.cli"]
 
 
 @pytest.mark.bpf
@@ -42,7 +39,7 @@ def test_outputs_combine_and_running_processes_end_their_spans(tmp_path: Path) -
         )
         sleeper = None
         try:
-            _wait_for_stderr(agent, b"ready", timeout=30)
+            wait_for_stderr(agent, b"ready", timeout=30)
             done = subprocess.run([str(true_copy)], check=True)
             del done
             sleeper = subprocess.Popen([str(sleep_copy), "60"])
@@ -118,7 +115,7 @@ def test_a_down_collector_never_holds_the_shutdown_up(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_for_stderr(agent, b"ready", timeout=30)
+        wait_for_stderr(agent, b"ready", timeout=30)
         subprocess.run(["/bin/true"], check=True)
         time.sleep(1.5)  # spans and metrics are now retrying against nothing
     finally:
