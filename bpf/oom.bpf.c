@@ -146,7 +146,6 @@ int vigil_oom_mark_victim_task(struct bpf_raw_tracepoint_args *ctx)
 {
     struct task_struct *victim = (struct task_struct *)ctx->args[0];
     struct task_struct *leader = 0;
-    void *css_set = 0, *cgroup = 0, *kn = 0;
     struct oom_join *join;
     struct oom_record *rec;
     u32 tid = 0;
@@ -160,13 +159,7 @@ int vigil_oom_mark_victim_task(struct bpf_raw_tracepoint_args *ctx)
     VIGIL_READ(rec->pid, victim, task_struct__tgid);
     VIGIL_READ(leader, victim, task_struct__group_leader);
     VIGIL_READ(rec->start_time, leader, task_struct__start_time);
-    /* The victim's cgroup v2: css_set's default-hierarchy cgroup, whose id is
-     * its kernfs node id (the cgroup directory's inode number). */
-    rec->cgroup_id = 0;
-    VIGIL_READ(css_set, victim, task_struct__cgroups);
-    VIGIL_READ(cgroup, css_set, css_set__dfl_cgrp);
-    VIGIL_READ(kn, cgroup, cgroup__kn);
-    VIGIL_READ(rec->cgroup_id, kn, kernfs_node__id);
+    rec->cgroup_id = vigil_task_cgroup_id(victim); /* the victim is not current */
 
     rec->trigger_pid = bpf_get_current_pid_tgid() >> 32;
     rec->trigger_cgroup_id = bpf_get_current_cgroup_id();

@@ -113,17 +113,11 @@ int vigil_process_state_wakeup(struct bpf_raw_tracepoint_args *ctx)
  * argument struct would clash with other probes' in one compiled module. */
 int vigil_process_state_rmdir(struct bpf_raw_tracepoint_args *ctx)
 {
-    void *cgrp = (void *)ctx->args[0], *root = 0, *kn = 0;
-    int hierarchy = -1;
-    u64 cgroup_id = 0;
+    u64 cgroup_id = vigil_cgroup_v2_id((void *)ctx->args[0]);
     u8 one = 1;
 
-    VIGIL_READ(root, cgrp, cgroup__root);
-    VIGIL_READ(hierarchy, root, cgroup_root__hierarchy_id);
-    if (hierarchy != 0)
+    if (!cgroup_id)
         return 0; /* a cgroup v1 hierarchy: ids of another space */
-    VIGIL_READ(kn, cgrp, cgroup__kn);
-    VIGIL_READ(cgroup_id, kn, kernfs_node__id);
     if (process_state_counts.lookup(&cgroup_id) &&
         process_state_retired.update(&cgroup_id, &one) < 0)
         process_state_drops.increment(VIGIL_DROP_MAP_FULL);

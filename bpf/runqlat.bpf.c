@@ -119,7 +119,6 @@ static __always_inline struct runqlat_cgroup *runqlat_aggregate(u64 cgroup_id)
 static __always_inline int runqlat_wakeup(struct task_struct *task)
 {
     struct runqlat_task *entry, fresh = {};
-    void *css = 0, *cgrp = 0, *kn = 0;
     u64 generation, cgroup_id = 0, now;
     u32 tid = 0;
 
@@ -135,10 +134,7 @@ static __always_inline int runqlat_wakeup(struct task_struct *task)
         entry->ts = now; /* the hot path */
         return 0;
     }
-    VIGIL_READ(css, task, task_struct__cgroups);
-    VIGIL_READ(cgrp, css, css_set__dfl_cgrp);
-    VIGIL_READ(kn, cgrp, cgroup__kn);
-    VIGIL_READ(cgroup_id, kn, kernfs_node__id);
+    cgroup_id = vigil_task_cgroup_id(task);
     if (entry) {
         entry->cgroup_id = cgroup_id;
         entry->generation = generation;
@@ -271,17 +267,11 @@ int vigil_runqlat_attach(struct bpf_raw_tracepoint_args *ctx)
  * argument struct would clash with other probes' in one compiled module. */
 int vigil_runqlat_rmdir(struct bpf_raw_tracepoint_args *ctx)
 {
-    void *cgrp = (void *)ctx->args[0], *root = 0, *kn = 0;
-    int hierarchy = -1;
-    u64 cgroup_id = 0;
+    u64 cgroup_id = vigil_cgroup_v2_id((void *)ctx->args[0]);
     u8 one = 1;
 
-    VIGIL_READ(root, cgrp, cgroup__root);
-    VIGIL_READ(hierarchy, root, cgroup_root__hierarchy_id);
-    if (hierarchy != 0)
+    if (!cgroup_id)
         return 0; /* a cgroup v1 hierarchy: ids of another space */
-    VIGIL_READ(kn, cgrp, cgroup__kn);
-    VIGIL_READ(cgroup_id, kn, kernfs_node__id);
     if (runqlat_cgroups.lookup(&cgroup_id) && runqlat_retired.update(&cgroup_id, &one) < 0)
         runqlat_drops.increment(VIGIL_DROP_MAP_FULL);
     return 0;

@@ -132,17 +132,10 @@ BPF_TABLE("lru_hash", u64, u64, tcp_retransmits, TCP_CGROUPS_MAX);
  * listener's): sk->sk_cgrp_data.cgroup->kn->id. Readable in any context. */
 static __always_inline u64 tcp_socket_cgroup(void *sk)
 {
-    void *cgrp = 0, *kn = 0;
-    u64 id = 0;
+    void *cgrp = 0;
 
     VIGIL_READ(cgrp, sk, sock__sk_cgrp_data__cgroup);
-    if (!cgrp)
-        return 0;
-    VIGIL_READ(kn, cgrp, cgroup__kn);
-    if (!kn)
-        return 0;
-    VIGIL_READ(id, kn, kernfs_node__id);
-    return id;
+    return vigil_cgroup_id(cgrp);
 }
 
 static __always_inline void tcp_set_owner(struct tcp_conn *conn, u64 cgroup_id)

@@ -66,6 +66,55 @@ static __always_inline long vigil_ringbuf_output(void *ringbuf, void *data, u64 
 #define VIGIL_DROP_SLOTS 2
 #define VIGIL_DROP_COUNTERS(name) BPF_PERCPU_ARRAY(name, u64, VIGIL_DROP_SLOTS)
 
+/* cgroup v2 ids read from kernel structs, for contexts where the task of
+ * interest is not `current` (bpf_get_current_cgroup_id() covers that case).
+ * The id is the cgroup's kernfs node id: the inode of its directory. Each
+ * helper exists when the probes of the module asked for the members it reads;
+ * every one returns 0 when a pointer on the way is NULL. */
+#if defined(VIGIL_OFF_cgroup__kn) && defined(VIGIL_OFF_kernfs_node__id)
+static __always_inline u64 vigil_cgroup_id(void *cgrp)
+{
+    void *kn = 0;
+    u64 id = 0;
+
+    if (!cgrp)
+        return 0;
+    VIGIL_READ(kn, cgrp, cgroup__kn);
+    if (!kn)
+        return 0;
+    VIGIL_READ(id, kn, kernfs_node__id);
+    return id;
+}
+
+#if defined(VIGIL_OFF_task_struct__cgroups) && defined(VIGIL_OFF_css_set__dfl_cgrp)
+/* task->cgroups->dfl_cgrp: the task's cgroup in the v2 (default) hierarchy. */
+static __always_inline u64 vigil_task_cgroup_id(void *task)
+{
+    void *css_set = 0, *cgrp = 0;
+
+    VIGIL_READ(css_set, task, task_struct__cgroups);
+    if (!css_set)
+        return 0;
+    VIGIL_READ(cgrp, css_set, css_set__dfl_cgrp);
+    return vigil_cgroup_id(cgrp);
+}
+#endif
+
+#if defined(VIGIL_OFF_cgroup__root) && defined(VIGIL_OFF_cgroup_root__hierarchy_id)
+/* A struct cgroup from any hierarchy: its id when it is a v2 cgroup, else 0
+ * (v1 hierarchies number their cgroups in another space). */
+static __always_inline u64 vigil_cgroup_v2_id(void *cgrp)
+{
+    void *root = 0;
+    int hierarchy = -1;
+
+    VIGIL_READ(root, cgrp, cgroup__root);
+    VIGIL_READ(hierarchy, root, cgroup_root__hierarchy_id);
+    return hierarchy == 0 ? vigil_cgroup_id(cgrp) : 0;
+}
+#endif
+#endif
+
 /* Log2 histograms, shared with agent/telemetry/histograms.py: value v goes to
  *   slot 0 when v <= 1, slot k when 2^(k-1) < v <= 2^k (clamped to the last),
  * which is exactly an OpenTelemetry explicit-bucket histogram with bounds
