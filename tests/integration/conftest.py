@@ -4,8 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.agent import CollectingSink
-from tests.support.bpf import require_bpf
+from tests.support.agent import CollectingSink, running
 from vigil.agent.runtime import Agent
 from vigil.api.config import AgentConfig
 
@@ -13,14 +12,8 @@ from vigil.api.config import AgentConfig
 @pytest.fixture(scope="module")
 def running_agent() -> Iterator[tuple[Agent, CollectingSink]]:
     """The real agent with the process probe, loaded once per test module."""
-    require_bpf()
-    sink = CollectingSink()
-    agent = Agent(AgentConfig(), sinks=[sink], probes=["process"])
-    agent.start()
-    try:
-        yield agent, sink
-    finally:
-        agent.stop()
+    with running(AgentConfig(), ["process"]) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import CollectingSink, of_pid, scratch_cgroup, spawn
+from tests.support.agent import CollectingSink, of_pid, running, scratch_cgroup, spawn
 from tests.support.kubeapi import FakeKubeAPI
 from vigil.agent.runtime import Agent
 from vigil.api.config import AgentConfig, parse_config
@@ -133,13 +133,8 @@ def test_cgroups_made_before_start_are_found_by_the_scan() -> None:
     with scratch_cgroup() as scratch:
         leaf = scratch / _cgroupfs("besteffort", uid, container_id)
         leaf.mkdir(parents=True)
-        sink = CollectingSink()
-        agent = Agent(AgentConfig(), sinks=[sink], probes=["process"])
-        agent.start()
-        try:
+        with running(AgentConfig(), ["process"]) as (agent, sink):
             attrs = _run_in(sink, leaf)
-        finally:
-            agent.stop()
     assert attrs["container.id"] == container_id
     assert agent.counters()["enrichment"]["cgroup_misses"] == 0
 

@@ -30,6 +30,7 @@ from tests.support.agent import (
     CollectingSink,
     memory_cgroup_v1,
     of_pid,
+    running,
     scratch_cgroup,
     spawn,
 )
@@ -259,14 +260,8 @@ def test_a_victim_seen_by_one_program_only_is_counted() -> None:
 
 @pytest.fixture(scope="module")
 def oom_agent() -> Iterator[tuple[Agent, CollectingSink]]:
-    require_bpf()
-    sink = CollectingSink()
-    agent = Agent(AgentConfig(), sinks=[sink], probes=["process", "oom"])
-    agent.start()
-    try:
-        yield agent, sink
-    finally:
-        agent.stop()
+    with running(AgentConfig(), ["process", "oom"]) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import CollectingSink, scratch_cgroup, spawn
-from tests.support.bpf import require_bpf
+from tests.support.agent import CollectingSink, running, scratch_cgroup, spawn
 from tests.support.selection import kernel_selection
 from vigil.agent.kernel import compiler
 from vigil.agent.pipeline.events import Event
@@ -73,14 +72,8 @@ def _config(**settings: object) -> AgentConfig:
 
 @pytest.fixture(scope="module")
 def syscalls_agent() -> Iterator[tuple[Agent, CollectingSink]]:
-    require_bpf()
-    sink = CollectingSink()
-    agent = Agent(_config(), sinks=[sink], probes=["syscalls"])
-    agent.start()
-    try:
-        yield agent, sink
-    finally:
-        agent.stop()
+    with running(_config(), ["syscalls"]) as pair:
+        yield pair
 
 
 @pytest.fixture

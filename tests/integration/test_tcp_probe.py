@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import CollectingSink, scratch_cgroup, spawn
+from tests.support.agent import CollectingSink, running, scratch_cgroup, spawn
 from tests.support.bpf import require_bpf
 from tests.support.selection import kernel_selection
 from vigil.agent.kernel import compiler, mounts
@@ -91,15 +91,9 @@ for _ in range(int(count)):
 @pytest.fixture(scope="module")
 def tcp_agent() -> Iterator[tuple[Agent, CollectingSink]]:
     """The real agent with the tcp probe (and enrichment), loaded once for this module."""
-    require_bpf()
-    sink = CollectingSink()
-    agent = Agent(parse_config(TCP_ON), sinks=[sink], probes=["tcp"])
-    report = agent.start()
-    try:
-        assert "tcp" in report.attached, report.failed
+    with running(parse_config(TCP_ON), ["tcp"]) as (agent, sink):
+        assert "tcp" in agent.report.attached, agent.report.failed
         yield agent, sink
-    finally:
-        agent.stop()
 
 
 @pytest.fixture

@@ -12,8 +12,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.bpf import require_bpf
 from vigil.agent.kernel import mounts
 from vigil.agent.pipeline.events import Event
+from vigil.agent.runtime import Agent
+from vigil.api.config import AgentConfig
 
 
 class CollectingSink:
@@ -141,3 +144,16 @@ def memory_cgroup_v1(limit_bytes: int) -> Iterator[Path]:
         yield path
     finally:
         _remove_cgroup(path)
+
+
+@contextmanager
+def running(config: AgentConfig, probes: Sequence[str]) -> Iterator[tuple[Agent, CollectingSink]]:
+    """The real agent running `probes`, collecting what it emits; stopped on exit."""
+    require_bpf()
+    sink = CollectingSink()
+    agent = Agent(config, sinks=[sink], probes=list(probes))
+    agent.start()
+    try:
+        yield agent, sink
+    finally:
+        agent.stop()
