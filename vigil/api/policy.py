@@ -40,7 +40,7 @@ from vigil.api.base import ApiModel
 from vigil.api.policies import AppliedPolicy, Filters, Rule
 from vigil.api.probes import Probes
 from vigil.api.probes.common import RingBuffer
-from vigil.api.probes.process import ArgumentCapture
+from vigil.api.probes.process import ArgumentCapture, check_redactions
 from vigil.api.selectors import LabelSelector
 
 GROUP = "vigil.dev"
@@ -103,12 +103,7 @@ class ProcessPolicy(ApiModel):
     @field_validator("redact")
     @classmethod
     def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
-        for index, pattern in enumerate(patterns):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"redact[{index}] {pattern!r} is not a regex: {exc}") from None
-        return patterns
+        return check_redactions(patterns)
 
 
 def _is_node_level(info: FieldInfo) -> bool:

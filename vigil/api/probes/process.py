@@ -21,6 +21,16 @@ DEFAULT_REDACTIONS: tuple[str, ...] = (
 )
 
 
+def check_redactions(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """Every redaction must be a regex: name the first one that is not."""
+    for index, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"redact[{index}] {pattern!r} is not a regex: {exc}") from None
+    return patterns
+
+
 class ArgumentCapture(ApiModel):
     """How much of argv an exec event carries, and what is masked in it."""
 
@@ -38,12 +48,7 @@ class ArgumentCapture(ApiModel):
     @field_validator("redact")
     @classmethod
     def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
-        for index, pattern in enumerate(patterns):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"redact[{index}] {pattern!r} is not a regex: {exc}") from exc
-        return patterns
+        return check_redactions(patterns)
 
 
 class ProcessProbe(ApiModel):
