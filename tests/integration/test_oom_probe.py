@@ -34,7 +34,7 @@ from tests.support.agent import (
     scratch_cgroup,
     spawn,
 )
-from tests.support.bpf import require_bpf
+from tests.support.bpf import require_bpf, ring_buffer_layout
 from tests.support.selection import kernel_selection
 from vigil.agent.kernel import compiler, mounts
 from vigil.agent.pipeline.events import Event
@@ -389,9 +389,6 @@ def test_decoder_layout_matches_the_c_struct() -> None:
     """bcc derives a ctypes class from the C struct; the decoder must agree with it."""
     require_bpf()
     with oom_module() as (bpf, _):
-        from bcc.table import _get_event_class  # bcc's own reading of the C struct
-
-        event_class = _get_event_class(bpf[b"oom_events"])
-    c_offsets = {name: getattr(event_class, name).offset for name, _ in event_class._fields_}
-    assert c_offsets == RECORD.offsets()
-    assert ctypes.sizeof(event_class) == RECORD.size
+        layout = ring_buffer_layout(bpf, b"oom_events")
+    assert layout.offsets == RECORD.offsets()
+    assert layout.size == RECORD.size

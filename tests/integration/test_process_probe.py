@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.support.agent import CollectingSink, of_pid, scratch_cgroup, spawn
-from vigil.agent.kernel import compiler
+from tests.support.bpf import compiled_alone, ring_buffer_layout
 from vigil.agent.probes.process import RECORD, ProcessProbe
 from vigil.agent.runtime import Agent
 from vigil.api.config import AgentConfig
@@ -176,16 +176,8 @@ def test_zombie_count_rises_and_falls(agent: Agent, sink: CollectingSink) -> Non
 def test_decoder_layout_matches_the_c_struct() -> None:
     """bcc derives a ctypes class from the C struct; the decoder must agree with it."""
     probe = ProcessProbe(context=None, config=AgentConfig().probes.process)  # type: ignore[arg-type]
-    module = compiler.compile_sources(
-        compiler.module_sources([probe.source]), members=probe.members, defines=probe.defines()
-    )
-    try:
-        from bcc.table import _get_event_class  # bcc's own reading of the C struct
-
-        event_class = _get_event_class(module.bpf[b"process_events"])
-    finally:
-        module.close()
-    c_offsets = {name: getattr(event_class, name).offset for name, _ in event_class._fields_}
+    with compiled_alone(probe) as bpf:
+        c_offsets = ring_buffer_layout(bpf, b"process_events").offsets
     for name, offset in RECORD.offsets().items():
         assert c_offsets[name] == offset, name
     assert c_offsets["data"] == RECORD.size

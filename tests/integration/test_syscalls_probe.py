@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import CollectingSink, running, scratch_cgroup, spawn
+from tests.support.bpf import compiled_alone, ring_buffer_layout
 from tests.support.selection import kernel_selection
-from vigil.agent.kernel import compiler
 from vigil.agent.pipeline.events import Event
 from vigil.agent.probes.syscalls import (
     RECORD,
@@ -316,20 +316,12 @@ def test_decoder_layouts_match_the_c_structs() -> None:
     """bcc derives ctypes classes from the C structs; the decoder must agree with them."""
     settings = SyscallsConfig(enabled=True)
     probe = SyscallsProbe(context=None, config=settings)  # type: ignore[arg-type]
-    module = compiler.compile_sources(
-        compiler.module_sources([probe.source]), members=probe.members, defines=probe.defines()
-    )
-    try:
-        from bcc.table import _get_event_class
-
-        event_class = _get_event_class(module.bpf[b"syscalls_events"])
-        stats_table = module.bpf[b"syscalls_stats"]
+    with compiled_alone(probe) as bpf:
+        layout = ring_buffer_layout(bpf, b"syscalls_events")
+        stats_table = bpf[b"syscalls_stats"]
         key_class, leaf_class = stats_table.Key, stats_table.sLeaf
-    finally:
-        module.close()
-    c_offsets = {name: getattr(event_class, name).offset for name, _ in event_class._fields_}
-    assert c_offsets == RECORD.offsets()
-    assert ctypes.sizeof(event_class) == RECORD.size
+    assert layout.offsets == RECORD.offsets()
+    assert layout.size == RECORD.size
     assert [name for name, _ in key_class._fields_] == ["cgroup_id", "id", "reserved"]
     assert ctypes.sizeof(key_class) == STATS_KEY.size
     assert [name for name, _ in leaf_class._fields_] == ["count", "errors", "sum_ns", "slots"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import CollectingSink, running, scratch_cgroup, spawn
-from tests.support.bpf import require_bpf
+from tests.support.bpf import compiled_alone, require_bpf, ring_buffer_layout
 from tests.support.selection import kernel_selection
 from vigil.agent.kernel import compiler, mounts
 from vigil.agent.pipeline.events import Event
@@ -454,18 +454,10 @@ def test_live_settings_change_through_the_config_map(agent: Agent) -> None:
 def test_decoder_layout_matches_the_c_struct() -> None:
     """bcc derives a ctypes class from the C struct; the decoder must agree with it."""
     probe = TcpProbe(context=None, config=parse_config(TCP_ON).probes.tcp)  # type: ignore[arg-type]
-    module = compiler.compile_sources(
-        compiler.module_sources([probe.source]), members=probe.members, defines=probe.defines()
-    )
-    try:
-        from bcc.table import _get_event_class  # bcc's own reading of the C struct
-
-        event_class = _get_event_class(module.bpf[b"tcp_events"])
-    finally:
-        module.close()
-    c_offsets = {name: getattr(event_class, name).offset for name, _ in event_class._fields_}
-    assert c_offsets == RECORD.offsets()
-    assert ctypes.sizeof(event_class) == RECORD.size
+    with compiled_alone(probe) as bpf:
+        layout = ring_buffer_layout(bpf, b"tcp_events")
+    assert layout.offsets == RECORD.offsets()
+    assert layout.size == RECORD.size
 
 
 # -- retransmissions over a lossy link ------------------------------------------
