@@ -309,21 +309,25 @@ def test_oom_killed_process_has_its_pid_and_cgroup(sink: CollectingSink) -> None
 def _victim_and_trigger(
     memory: Path, victim_cgroup: Path, trigger_cgroup: Path
 ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
-    """A holder of 16 MiB marked as the preferred victim, then a grower that needs 40.
+    """A holder of 40 MiB marked as the preferred victim, then a grower that needs 16.
 
-    Together they exceed the 64 MiB limit: the grower's allocation triggers
-    the OOM killer, which picks the holder (oom_score_adj 1000); the grower
-    then finishes.
+    Together (with two interpreters) they exceed the 64 MiB limit: the grower's
+    allocation triggers the OOM killer, which picks the holder (oom_score_adj
+    1000); the grower then finishes. The victim is the big one on purpose: the
+    OOM reaper lets a second kill proceed before all of the victim's memory is
+    uncharged, so the grower must fit with room to spare (with a 16 MiB holder
+    and a 40 MiB grower, 4 runs in 30 lost the grower too; 0 in 200 this way,
+    measured with two busy-looping CPU hogs alongside).
     """
     holder = spawn(
-        python(HOLDER, 1000, 16),
+        python(HOLDER, 1000, 40),
         cgroup=victim_cgroup,
         also_in=[memory],
         stdout=subprocess.PIPE,
     )
     assert holder.stdout is not None
     assert holder.stdout.readline() == b"ready\n"
-    grower = spawn(python(GROWER, 40), cgroup=trigger_cgroup, also_in=[memory])
+    grower = spawn(python(GROWER, 16), cgroup=trigger_cgroup, also_in=[memory])
     assert grower.wait(timeout=60) == 0
     assert holder.wait(timeout=60) == -signal.SIGKILL
     holder.stdout.close()
