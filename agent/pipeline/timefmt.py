@@ -36,14 +36,15 @@ class MonotonicClock:
 
 
 @lru_cache(maxsize=4096)
-def _second(seconds: int) -> str:
+def second_text(seconds: int) -> str:
+    """1700000000 -> "2023-11-14T22:13:20" (UTC): rfc3339_ns up to the fraction."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def rfc3339_ns(wall_ns: int) -> str:
     """1700000000123456789 -> "2023-11-14T22:13:20.123456789Z"."""
     seconds, nanos = divmod(wall_ns, 1_000_000_000)
-    return f"{_second(seconds)}.{nanos:09d}Z"
+    return f"{second_text(seconds)}.{nanos:09d}Z"
 
 
 @lru_cache(maxsize=4096)

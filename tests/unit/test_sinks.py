@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 import io
+import json
 
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic_core import to_json
 from rich.console import Console
 
 from vigil.agent.pipeline.events import Event
@@ -44,6 +48,36 @@ def test_json_lines_are_event_records() -> None:
     assert records[0].time == "2023-11-14T22:13:20.000000001Z"
     assert records[0].attributes["process.command_args"] == ["/bin/echo", "hi"]
     assert records[1].attributes["process.exit.code"] == 137
+
+
+_ATTRIBUTE_VALUES = (
+    st.text()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.integers(min_value=2**64, max_value=2**70)  # beyond orjson: the fallback
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.lists(st.text(), max_size=4)
+)
+_EVENTS = st.builds(
+    Event,
+    st.sampled_from(["network.tcp.close", "process.exec", 'odd "kind" \\ é']),
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.dictionaries(st.text(), _ATTRIBUTE_VALUES, max_size=6),
+)
+
+
+@given(st.lists(_EVENTS, max_size=8))
+def test_json_lines_hold_what_the_wire_dict_holds(events: list[Event]) -> None:
+    """The line builder against the plain path it replaced: to_json(event.to_wire())."""
+    stream = io.BytesIO()
+    JsonLinesSink(stream).emit(events)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == len(events)
+    for line, event in zip(lines, events, strict=True):
+        assert json.loads(line) == json.loads(to_json(event.to_wire()))
+        if not any(isinstance(v, float) for v in event.attributes.values()):
+            # Floats may be spelled differently (1e-05 / 1e-5); everything else is identical.
+            assert line == to_json(event.to_wire())
 
 
 def test_console_rows() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.timefmt import MonotonicClock
@@ -189,3 +192,99 @@ def test_settings_errors_name_the_field() -> None:
         parse_config({"probes": {"tcp": {"maxConnections": 10}}})
     with pytest.raises(ConfigError, match=r"probes\.tcp\.ringBuffer\.pages: .*power of two"):
         parse_config({"probes": {"tcp": {"ringBuffer": {"pages": 3}}}})
+
+
+def _reference_decode(record: bytes, offset_ns: int) -> Event:
+    """The decoder as it was before the fast path (all fields, plain lookups): the oracle."""
+    if len(record) < RECORD.size:
+        raise DecodeError(f"record of {len(record)} bytes, needs {RECORD.size}")
+    names = [name for name, _ in RECORD.fields]
+    f = dict(zip(names, RECORD.struct.unpack_from(record), strict=True))
+    if f["family"] not in (AF_INET, AF_INET6):
+        raise DecodeError(f"unknown address family {f['family']}")
+    if f["direction"] >= 3:
+        raise DecodeError(f"unknown direction {f['direction']}")
+
+    def address(raw: bytes) -> tuple[str, bool]:
+        if f["family"] == AF_INET:
+            return socket.inet_ntop(socket.AF_INET, raw[:4]), True
+        if raw[:12] == b"\0" * 10 + b"\xff\xff":
+            return socket.inet_ntop(socket.AF_INET, raw[12:]), True
+        return socket.inet_ntop(socket.AF_INET6, raw), False
+
+    local, _ = address(f["saddr"])
+    peer, peer_v4 = address(f["daddr"])
+    attrs: dict[str, object] = {
+        "network.transport": "tcp",
+        "network.type": "ipv4" if peer_v4 else "ipv6",
+        "network.local.address": local,
+        "network.local.port": f["sport"],
+        "network.peer.address": peer,
+        "network.peer.port": f["dport"],
+        "vigil.tcp.direction": ("unknown", "client", "server")[f["direction"]],
+        "vigil.tcp.bytes_sent": f["bytes_sent"],
+        "vigil.tcp.bytes_received": f["bytes_received"],
+        "vigil.tcp.retransmits": f["total_retrans"],
+        "vigil.cgroup.id": f["cgroup_id"],
+    }
+    if f["flags"] & F_OPEN_SEEN:
+        attrs["vigil.tcp.duration_ns"] = f["ts"] - f["start_ns"]
+    else:
+        attrs["vigil.tcp.untracked"] = True
+    if f["flags"] & F_OWNER_KNOWN:
+        attrs["process.pid"] = f["pid"]
+        attrs["process.executable.name"] = f["comm"].split(b"\0", 1)[0].decode(errors="replace")
+    else:
+        attrs["vigil.tcp.owner_unknown"] = True
+    if f["oldstate"] in (2, 3):
+        attrs["vigil.tcp.failed"] = True
+    if f["error"]:
+        attrs["error.type"] = errno.errorcode.get(f["error"], str(f["error"]))
+    return Event(KIND, f["ts"] + offset_ns, attrs)  # type: ignore[arg-type]
+
+
+_ADDRESSES = st.one_of(
+    st.binary(min_size=16, max_size=16),
+    st.binary(min_size=4, max_size=4).map(lambda v4: b"\0" * 10 + b"\xff\xff" + v4),
+    st.binary(min_size=4, max_size=4).map(lambda v4: v4 + b"\0" * 12),
+)
+_RECORDS = st.builds(
+    lambda values: RECORD.struct.pack(*values),
+    st.tuples(
+        *(st.integers(0, 2**64 - 1) for _ in range(6)),  # ts .. bytes_retrans
+        st.integers(0, 2**32 - 1),  # pid
+        st.integers(0, 2**32 - 1),  # total_retrans
+        st.sampled_from([0, 1, 104, 110, 111, 4095, -5]),  # error (4095: no errno name)
+        st.sampled_from([AF_INET, AF_INET6, AF_INET6, 0, 1]),  # family (some invalid)
+        st.integers(0, 65535),
+        st.integers(0, 65535),
+        st.integers(0, 65535),
+        st.integers(0, 4),  # direction (3, 4 invalid)
+        st.integers(0, 255),  # flags
+        st.integers(0, 12),  # oldstate
+        st.integers(0, 255),
+        _ADDRESSES,
+        _ADDRESSES,
+        st.binary(min_size=16, max_size=16),  # comm, NUL or not, any bytes
+    ),
+)
+
+
+@given(st.lists(_RECORDS | st.binary(max_size=RECORD.size + 8), max_size=12))
+def test_fast_decode_matches_the_reference(records: list[bytes]) -> None:
+    """decode and decode_batch give exactly what the straightforward decoder gives."""
+    probe = _probe()
+    offset = probe.context.clock.offset_ns
+    expected: list[Event] = []
+    errors = 0
+    for record in records:
+        try:
+            expected.append(_reference_decode(record, offset))
+        except DecodeError as exc:
+            errors += 1
+            with pytest.raises(DecodeError, match=str(exc)):
+                probe.decode(record)
+        else:
+            assert probe.decode(record) == expected[-1]
+    assert probe.decode_batch(records) == expected
+    assert probe.counters.decode_errors == errors
