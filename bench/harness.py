@@ -8,6 +8,7 @@ order of the runs, because this VM's noise is ±15-20 % per run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import selectors
@@ -149,3 +150,29 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
 def require_root() -> None:
     if os.geteuid() != 0:
         sys.exit("benchmarks load BPF programs: run as root")
+
+
+def median_ci(values: list[float], fmt: str = "{:.3f}") -> str:
+    """Median with a distribution-free 95 % confidence interval of the median.
+
+    The interval is [x_(k), x_(n+1-k)] of the sorted values, k the largest
+    rank with P(Binomial(n, 1/2) < k) <= 2.5 %: it needs no assumption about
+    the noise, and unlike min-max it does not widen with every stray run.
+    With fewer than 6 values no such k exists and min-max is shown.
+    """
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    n = len(ordered)
+    k, below = 0, 0.0  # below = P(Binomial(n, 1/2) < k + 1)
+    while True:
+        below += math.comb(n, k) / 2**n
+        if below > 0.025:
+            break
+        k += 1
+    low, high = (ordered[k - 1], ordered[n - k]) if k else (ordered[0], ordered[-1])
+    label = "95% CI" if k else "min-max"
+    return (
+        f"{fmt.format(statistics.median(ordered))} "
+        f"[{label} {fmt.format(low)}-{fmt.format(high)}] (n={n})"
+    )

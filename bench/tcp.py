@@ -1,16 +1,22 @@
 """TCP churn: 10,000 loopback connections without and with the agent's tcp probe.
 
-    .venv/bin/python bench/tcp.py [--runs 12] [--connections 10000] [--no-tcplife]
+    .venv/bin/python bench/tcp.py [--runs 16] [--connections 10000] [--no-tcplife]
 
-Alternated pairs (workload alone / with the agent: tcp probe + enrichment,
-JSON output), then the same with bcc's tcplife-bpfcc when it is installed.
-Prints median paired ratios of the workload's wall time and of its own CPU
-time (client + server: what the kernel-side probes cost it, less sensitive
-than wall time to the rest of a shared machine), kernel BPF time and agent
-CPU per connection, and checks the agent's JSON output against the ground
-truth the workload made: per connection exactly one close event per side,
-owned by the client's and the server's pid, with that connection's exact
-byte counts. Target (issue 6): slowdown <= 1.10x, 0 lost, bytes exact.
+Each round runs the workload alone, with the agent (tcp probe + enrichment,
+JSON output) and with bcc's tcplife-bpfcc when it is installed, in an order
+that rotates and reverses from round to round (every order equally often),
+so drift and the rest of the shared machine hit all three alike. Each
+monitor is given a moment to settle after it is ready, like the run alone.
+Prints, as medians of the per-round ratios against that round's run alone
+with a 95 % confidence interval of the median (not min-max, which one stray
+run widens): the workload's wall time, its own CPU time (client + server:
+what the kernel-side probes cost it, less sensitive than wall time to the
+rest of the machine) and the machine's CPU for the workload (workload +
+monitor: what the node pays); then kernel BPF time and agent CPU per
+connection, and checks the agent's JSON output against the ground truth the
+workload made: per connection exactly one close event per side, owned by
+the client's and the server's pid, with that connection's exact byte counts.
+Target (issue 6): slowdown <= 1.10x, 0 lost, bytes exact.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import AgentRun, BpfStats, build, cpu_seconds, require_root, spread
+from harness import AgentRun, BpfStats, build, cpu_seconds, median_ci, require_root, spread
 
 TCPLIFE = "tcplife-bpfcc"
+SETTLE_SECONDS = 0.5  # after a monitor is ready (and before a run alone, alike)
 
 
 def request_bytes(i: int) -> int:  # bench/src/tcpchurn.c
@@ -52,6 +59,7 @@ class Run:
     cpu: float
     client: int
     server: int
+    monitor_cpu: float = 0.0  # the monitor's CPU seconds meanwhile
 
 
 def run_workload(command: list[str]) -> Run:
@@ -109,6 +117,7 @@ def tcplife(output: Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.kill()
             raise RuntimeError(f"{TCPLIFE} did not start")
         time.sleep(0.05)
+    time.sleep(SETTLE_SECONDS)
     try:
         yield proc
     finally:
@@ -119,35 +128,52 @@ def tcplife(output: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 @dataclass
 class Figures:
-    """What the alternated pairs of one monitor measured."""
+    """What the rounds measured for one monitor, each a ratio to that round's run alone."""
 
-    wall: list[float] = field(default_factory=list)  # with / without, paired
-    cpu: list[float] = field(default_factory=list)  # the workload's own CPU, paired
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # the workload's own CPU
+    machine: list[float] = field(default_factory=list)  # workload + monitor CPU
     notes: list[str] = field(default_factory=list)
 
 
-def alternate(runs: int, without: Callable[[], Run], with_monitor: Callable[[], Run]) -> Figures:
-    """`runs` pairs, alternating which side goes first so drift hits both equally."""
-    figures = Figures()
-    for run in range(runs):
-        if run % 2 == 0:
-            alone = without()
-        monitored = with_monitor()
-        if run % 2 == 1:
-            alone = without()
-        figures.wall.append(monitored.wall / alone.wall)
-        figures.cpu.append(monitored.cpu / alone.cpu)
-        print(
-            f"run {run + 1:2d}: with {monitored.wall:.3f}s without {alone.wall:.3f}s "
-            f"ratio {figures.wall[-1]:.3f} (workload CPU {figures.cpu[-1]:.3f})",
-            flush=True,
-        )
+def orders(names: list[str], rounds: int) -> Iterator[list[str]]:
+    """Rotations of `names`, then the same reversed: each position alike for each name."""
+    for index in range(rounds):
+        shift = index % len(names)
+        order = names[shift:] + names[:shift]
+        yield order[::-1] if (index // len(names)) % 2 else order
+
+
+def rounds(
+    count: int, alone: Callable[[], Run], monitors: dict[str, Callable[[], Run]]
+) -> dict[str, Figures]:
+    figures = {name: Figures() for name in monitors}
+    for index, order in enumerate(orders(["alone", *monitors], count)):
+        runs: dict[str, Run] = {}
+        for name in order:
+            if name == "alone":
+                time.sleep(SETTLE_SECONDS)  # as the monitors get after their start
+            runs[name] = alone() if name == "alone" else monitors[name]()
+        base = runs["alone"]
+        line = [f"round {index + 1:2d}: alone {base.wall:.3f}s"]
+        for name, run in runs.items():
+            if name == "alone":
+                continue
+            figure = figures[name]
+            figure.wall.append(run.wall / base.wall)
+            figure.cpu.append(run.cpu / base.cpu)
+            figure.machine.append((run.cpu + run.monitor_cpu) / base.cpu)
+            line.append(
+                f"{name} {run.wall:.3f}s (x{figure.wall[-1]:.3f} wall, "
+                f"x{figure.cpu[-1]:.3f} CPU, x{figure.machine[-1]:.3f} machine)"
+            )
+        print("  ".join(line), flush=True)
     return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=12, help="alternated pairs (>= 12)")
+    parser.add_argument("--runs", type=int, default=16, help="rounds (>= 12)")
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--no-tcplife", action="store_true", help="skip the tcplife comparison")
     args = parser.parse_args()
@@ -165,10 +191,12 @@ def main() -> None:
     def with_vigil() -> Run:
         nonlocal lost, decode_errors, received
         with AgentRun(agent_args, stdout=events) as agent:
+            time.sleep(SETTLE_SECONDS)  # start-up work (cgroup scan...) done
             cpu0, bpf0 = cpu_seconds(agent.pid), BpfStats.snapshot("vigil_tcp")
             run = run_workload(churn)
             time.sleep(0.3)  # > the 50 ms drain interval
             cpu1, bpf1 = cpu_seconds(agent.pid), BpfStats.snapshot("vigil_tcp")
+        run.monitor_cpu = cpu1 - cpu0
         counters = agent.counters.get("tcp", {})
         received += counters.get("received", 0)
         decode_errors += counters.get("decode_errors", 0)
@@ -181,32 +209,36 @@ def main() -> None:
         return run
 
     def with_tcplife() -> Run:
-        with tcplife(work / "tcplife.txt"):
+        with tcplife(work / "tcplife.txt") as proc:
+            cpu0 = cpu_seconds(proc.pid)
             run = run_workload(churn)
+            time.sleep(0.3)  # its poll interval
+            run.monitor_cpu = cpu_seconds(proc.pid) - cpu0
         # One line per socket closed, after the header (the rest of the host's too).
         if (work / "tcplife.txt").read_text().count("\n") - 1 < 2 * args.connections:
-            tcplife_figures.notes.append("missed closes")
+            missed.append(run.wall)
         return run
 
+    missed: list[float] = []
+    monitors = {"vigil": with_vigil}
+    if not args.no_tcplife and shutil.which(TCPLIFE):
+        monitors[TCPLIFE] = with_tcplife
     load = os.getloadavg()[0]
     with BpfStats():
-        print("vigil (tcp probe + enrichment, JSON output):")
-        vigil = alternate(args.runs, lambda: run_workload(churn), with_vigil)
-        tcplife_figures = Figures()
-        if not args.no_tcplife and shutil.which(TCPLIFE):
-            print(f"{TCPLIFE}:")
-            measured = alternate(args.runs, lambda: run_workload(churn), with_tcplife)
-            tcplife_figures.wall, tcplife_figures.cpu = measured.wall, measured.cpu
+        print(f"rounds of: alone, {', '.join(monitors)} (order rotating)")
+        figures = rounds(args.runs, lambda: run_workload(churn), monitors)
     shutil.rmtree(work)
 
-    print(f"\ntcp churn: {args.connections} connections x {args.runs} alternated pairs")
+    print(f"\ntcp churn: {args.connections} connections x {args.runs} rounds")
     print(f"  load average before / after:          {load:.2f} / {os.getloadavg()[0]:.2f}")
-    print(f"  slowdown with vigil (paired wall):    {spread(vigil.wall)}")
-    print(f"  workload CPU with vigil (paired):     {spread(vigil.cpu)}")
-    if tcplife_figures.wall:
-        print(f"  slowdown with {TCPLIFE} (wall):  {spread(tcplife_figures.wall)}")
-        print(f"  workload CPU with {TCPLIFE}:     {spread(tcplife_figures.cpu)}")
-        print(f"  {TCPLIFE} runs that missed closes: {len(tcplife_figures.notes)}")
+    print("  ratios to the same round's run alone: median [95% CI of the median]")
+    for name, figure in figures.items():
+        print(f"  {name}:")
+        print(f"    slowdown (wall):                    {median_ci(figure.wall)}")
+        print(f"    workload CPU:                       {median_ci(figure.cpu)}")
+        print(f"    machine CPU (workload + monitor):   {median_ci(figure.machine)}")
+    if TCPLIFE in figures:
+        print(f"  {TCPLIFE} runs that missed closes: {len(missed)}")
     else:
         print(f"  {TCPLIFE}: not installed or skipped")
     print(f"  kernel BPF time per connection (ns):  {spread(bpf_ns, '{:.0f}')}")
