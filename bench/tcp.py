@@ -122,8 +122,18 @@ def tcplife(output: Path) -> Iterator[subprocess.Popen[bytes]]:
         yield proc
     finally:
         time.sleep(0.3)  # let it print what it has
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        # A SIGINT that lands inside its perf buffer callback is swallowed by
+        # ctypes ("Exception ignored"): ask again until it goes.
+        for _ in range(10):
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=3)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass
