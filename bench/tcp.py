@@ -1,6 +1,7 @@
 """TCP churn: 10,000 loopback connections without and with the agent's tcp probe.
 
     .venv/bin/python bench/tcp.py [--runs 16] [--connections 10000] [--no-tcplife]
+                                  [--workload-cpus 0 | --workload-cpus all]
 
 Each round runs the workload alone, with the agent (tcp probe + enrichment,
 JSON output) and with bcc's tcplife-bpfcc when it is installed, in an order
@@ -17,6 +18,12 @@ connection, and checks the agent's JSON output against the ground truth the
 workload made: per connection exactly one close event per side, owned by
 the client's and the server's pid, with that connection's exact byte counts.
 Target (issue 6): slowdown <= 1.10x, 0 lost, bytes exact.
+
+The workload's client and server run pinned to one CPU (--workload-cpus 0;
+the monitors are not pinned). Unpinned, the scheduler puts them on one CPU
+or on two from run to run, and on this VM that alone changes a run by 3x
+(0.23 s on one CPU, 0.75-0.85 s on two: every message then wakes the other
+CPU from idle), which made paired ratios swing from 0.4 to 4.
 """
 
 from __future__ import annotations
@@ -62,10 +69,16 @@ class Run:
     monitor_cpu: float = 0.0  # the monitor's CPU seconds meanwhile
 
 
-def run_workload(command: list[str]) -> Run:
+def run_workload(command: list[str], cpus: set[int] | None = None) -> Run:
+    """One run; pinned to `cpus` (client and server, which inherit it) when given."""
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(command, check=True, capture_output=True, text=True, preexec_fn=pin).stdout
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -186,9 +199,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=16, help="rounds (>= 12)")
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--no-tcplife", action="store_true", help="skip the tcplife comparison")
+    parser.add_argument(
+        "--workload-cpus",
+        default="0",
+        help='CPUs for the workload, comma-separated, or "all" (not pinned)',
+    )
     args = parser.parse_args()
     require_root()
     churn = [str(build("tcpchurn")), str(args.connections)]
+    cpus = None if args.workload_cpus == "all" else {int(c) for c in args.workload_cpus.split(",")}
+
+    def workload() -> Run:
+        return run_workload(churn, cpus)
+
     work = Path(tempfile.mkdtemp(prefix="vigil-bench-tcp-"))
     config = work / "agent.yaml"
     config.write_text("probes:\n  tcp:\n    enabled: true\n")
@@ -203,7 +226,7 @@ def main() -> None:
         with AgentRun(agent_args, stdout=events) as agent:
             time.sleep(SETTLE_SECONDS)  # start-up work (cgroup scan...) done
             cpu0, bpf0 = cpu_seconds(agent.pid), BpfStats.snapshot("vigil_tcp")
-            run = run_workload(churn)
+            run = workload()
             time.sleep(0.3)  # > the 50 ms drain interval
             cpu1, bpf1 = cpu_seconds(agent.pid), BpfStats.snapshot("vigil_tcp")
         run.monitor_cpu = cpu1 - cpu0
@@ -221,7 +244,7 @@ def main() -> None:
     def with_tcplife() -> Run:
         with tcplife(work / "tcplife.txt") as proc:
             cpu0 = cpu_seconds(proc.pid)
-            run = run_workload(churn)
+            run = workload()
             time.sleep(0.3)  # its poll interval
             run.monitor_cpu = cpu_seconds(proc.pid) - cpu0
         # One line per socket closed, after the header (the rest of the host's too).
@@ -236,10 +259,11 @@ def main() -> None:
     load = os.getloadavg()[0]
     with BpfStats():
         print(f"rounds of: alone, {', '.join(monitors)} (order rotating)")
-        figures = rounds(args.runs, lambda: run_workload(churn), monitors)
+        figures = rounds(args.runs, workload, monitors)
     shutil.rmtree(work)
 
-    print(f"\ntcp churn: {args.connections} connections x {args.runs} rounds")
+    pinned = f"workload on CPU {args.workload_cpus}" if cpus else "workload not pinned"
+    print(f"\ntcp churn: {args.connections} connections x {args.runs} rounds, {pinned}")
     print(f"  load average before / after:          {load:.2f} / {os.getloadavg()[0]:.2f}")
     print("  ratios to the same round's run alone: median [95% CI of the median]")
     for name, figure in figures.items():
