@@ -199,10 +199,16 @@ class SpanEncoder:
 
     def __init__(self, cache_limit: int = CACHE_LIMIT) -> None:
         self._cache_limit = cache_limit
-        # Per field tag, per value type: (key, value) -> the whole field (tag,
-        # length, KeyValue). One dict per type keeps 1, 1.0 and True apart.
-        self._scalars: dict[bytes, dict[type, dict[tuple[str, Any], bytes]]] = {
-            tag: {str: {}, int: {}, bool: {}} for tag in (_ATTRIBUTE, _EVENT_ATTRIBUTE)
+        # Per field tag, per key: value -> the whole field (tag, length,
+        # KeyValue), for str and int values (never equal to each other, so one
+        # dict per key holds both); bools go to their own dict, since True == 1.
+        self._values: dict[bytes, dict[str, dict[Any, bytes]]] = {
+            _ATTRIBUTE: {},
+            _EVENT_ATTRIBUTE: {},
+        }
+        self._bools: dict[bytes, dict[tuple[str, bool], bytes]] = {
+            _ATTRIBUTE: {},
+            _EVENT_ATTRIBUTE: {},
         }
         self._others: dict[tuple[bytes, str, type, Any], bytes] = {}
         self._keys: dict[str, bytes] = {}
@@ -220,10 +226,8 @@ class SpanEncoder:
                 self._keys[key] = encoded
         return encoded
 
-    def _scalar(
-        self, tag: bytes, key: str, value: str | int | bool, cache: dict[tuple[str, Any], bytes]
-    ) -> bytes:
-        """Encode a str, int or bool attribute by hand and cache it."""
+    def _scalar(self, tag: bytes, key: str, value: str | int | bool) -> bytes:
+        """A str, int or bool attribute as a whole field, encoded by hand (not cached)."""
         if isinstance(value, str):
             raw = value.encode()
             any_value = b"\x0a" + varint(len(raw)) + raw  # AnyValue.string_value = 1
@@ -233,10 +237,19 @@ class SpanEncoder:
             # AnyValue.int_value = 3: an int64, negative ones as two's complement.
             any_value = b"\x18" + varint(value if value >= 0 else value + (1 << 64))
         body = self._key(key) + b"\x12" + varint(len(any_value)) + any_value
-        encoded = tag + varint(len(body)) + body
-        if len(cache) >= self._cache_limit:
+        return tag + varint(len(body)) + body
+
+    def _cached_value(self, tag: bytes, key: str, value: str | int) -> bytes:
+        """`_scalar` for a str or int, through the per-key cache (a miss fills it)."""
+        by_key = self._values[tag]
+        cache = by_key.get(key)
+        if cache is None:
+            if len(by_key) >= 4096:  # keys are few; guard against misuse
+                by_key.clear()
+            cache = by_key[key] = {}
+        elif len(cache) >= self._cache_limit:
             cache.clear()  # pids and timestamps pass through: start over
-        cache[key, value] = encoded
+        encoded = cache[value] = self._scalar(tag, key, value)
         return encoded
 
     def _other(self, tag: bytes, key: str, value: Any) -> bytes:
@@ -258,15 +271,24 @@ class SpanEncoder:
         """Each attribute as a whole field (tag, length, KeyValue)."""
         if not attributes:
             return []
-        caches = self._scalars[tag]
+        by_key = self._values[tag]
         out = []
         for key, value in attributes.items():
-            cache = caches.get(type(value))
-            if cache is None:
+            kind = type(value)
+            if kind is str or kind is int:
+                cache = by_key.get(key)
+                encoded = cache.get(value) if cache is not None else None
+                out.append(encoded or self._cached_value(tag, key, value))
+            elif kind is bool:
+                bools = self._bools[tag]
+                encoded = bools.get((key, value))
+                if encoded is None:
+                    if len(bools) >= self._cache_limit:
+                        bools.clear()
+                    encoded = bools[key, value] = self._scalar(tag, key, value)
+                out.append(encoded)
+            else:
                 out.append(self._other(tag, key, value))
-                continue
-            encoded = cache.get((key, value))
-            out.append(encoded if encoded is not None else self._scalar(tag, key, value, cache))
         return out
 
     def _resource(self, resource: Resource) -> bytes:
