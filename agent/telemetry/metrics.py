@@ -388,6 +388,8 @@ class _Bound:
     bounds: tuple[float, ...] = ()  # histograms: vigil's own aggregation
     series: dict[Any, _Buckets] | None = None
     cache: dict[tuple[Any, ...], tuple[Attributes, AttributeKey]] = field(default_factory=dict)
+    # Summed kinds: totals per key values within one record() call (emptied at its end).
+    totals: dict[tuple[Any, ...], float] = field(default_factory=dict)
 
     def attributes_of(self, values: tuple[Any, ...]) -> tuple[Attributes, AttributeKey]:
         """The attributes for these key values, as a dict and as a sorted key (cached)."""
@@ -399,6 +401,11 @@ class _Bound:
             if len(self.cache) < HISTOGRAM_CARDINALITY:
                 self.cache[values] = found
         return found
+
+
+_Plan = tuple[
+    _Bound, Callable[[Event], float | None] | None, tuple[str, ...], dict[Any, float] | None
+]
 
 
 class EventMetrics:
@@ -422,7 +429,11 @@ class EventMetrics:
         self.attribute_keys = tuple(attribute_keys)
         self._builtin = tuple(builtin)
         self._instruments: dict[str, tuple[MetricSpec, Any]] = {}
-        self._by_kind: dict[str, list[_Bound]] = {}
+        # Per event kind: (bound, value function or None for one per event,
+        # extra keys, the bound's totals or None when not summed), unpacked in
+        # one step per event instead of four attribute reads.
+        self._by_kind: dict[str, list[_Plan]] = {}
+        self._summed: tuple[_Bound, ...] = ()
         self._declared: tuple[EventMetric, ...] | None = None
         self.use(())
 
@@ -454,7 +465,7 @@ class EventMetrics:
         declared = (*self._builtin, *declared)
         if declared == self._declared:
             return
-        by_kind: dict[str, list[_Bound]] = {}
+        by_kind: dict[str, list[_Plan]] = {}
         for metric in declared:
             keys = self.attribute_keys + tuple(
                 k for k in metric.attributes if k not in self.attribute_keys
@@ -471,8 +482,18 @@ class EventMetrics:
             else:
                 instrument = self._instrument(spec)
                 bound = _Bound(metric, keys, extra, spec.kind, ones, summed, instrument=instrument)
-            by_kind.setdefault(metric.kind, []).append(bound)
+            by_kind.setdefault(metric.kind, []).append(
+                (
+                    bound,
+                    None if ones else metric.value,
+                    extra,
+                    bound.totals if summed else None,
+                )
+            )
         self._by_kind = by_kind
+        self._summed = tuple(
+            plan[0] for plans in by_kind.values() for plan in plans if plan[3] is not None
+        )
         self._declared = declared
 
     def record(self, events: Iterable[Event]) -> None:
@@ -480,23 +501,22 @@ class EventMetrics:
         if not by_kind:
             return
         configured = self.attribute_keys
-        sums: dict[_Bound, dict[tuple[Any, ...], float]] = {}
         observed: list[tuple[_Bound, tuple[Any, ...], float]] = []
         for event in events:
-            metrics = by_kind.get(event.kind)
-            if metrics is None:
+            plans = by_kind.get(event.kind)
+            if plans is None:
                 continue
             get = event.attributes.get
             common = tuple(map(get, configured))  # shared by every metric of the event
-            for bound in metrics:
-                value = 1 if bound.counts_events else bound.metric.value(event)
-                if value is None:
-                    continue
-                values = common + tuple(map(get, bound.extra_keys)) if bound.extra_keys else common
-                if bound.summed:
-                    totals = sums.get(bound)
-                    if totals is None:
-                        totals = sums[bound] = {}
+            for bound, value_of, extra_keys, totals in plans:
+                value: float = 1
+                if value_of is not None:
+                    measured = value_of(event)
+                    if measured is None:
+                        continue
+                    value = measured
+                values = common + tuple(map(get, extra_keys)) if extra_keys else common
+                if totals is not None:
                     try:
                         totals[values] = totals.get(values, 0) + value
                     except TypeError:  # a list value: make it hashable
@@ -504,9 +524,12 @@ class EventMetrics:
                         totals[values] = totals.get(values, 0) + value
                 else:
                     observed.append((bound, values, value))
-        for bound, totals in sums.items():
-            for values, total in totals.items():
-                bound.instrument.add(total, bound.attributes_of(values)[0])
+        for bound in self._summed:
+            totals = bound.totals
+            if totals:
+                for values, total in totals.items():
+                    bound.instrument.add(total, bound.attributes_of(values)[0])
+                totals.clear()
         if observed:
             self._observe(observed)
 

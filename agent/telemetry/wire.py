@@ -68,6 +68,8 @@ _FLAGS_REMOTE_PARENT = _FLAGS + struct.pack(
     SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK,
 )
 _FIXED64 = struct.Struct("<Q").pack
+# Both times with their tags at once: (_START, start, _END, end).
+_START_END = struct.Struct("<BQBQ").pack
 
 # Encoded attributes kept at most; a full cache is dropped and refilled
 # (pids and arguments pass through it, so it must not grow for ever).
@@ -215,6 +217,8 @@ class SpanEncoder:
         # By identity: Resource.__hash__ serializes its attributes on every call.
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[InstrumentationScope | None, bytes] = {}
+        self._name_kinds: dict[tuple[str, SpanKind], bytes] = {}
+        self._statuses: dict[tuple[StatusCode, str | None], bytes] = {}
 
     def _key(self, key: str) -> bytes:
         """KeyValue.key (field 1) with its tag, cached: keys are few."""
@@ -318,24 +322,7 @@ class SpanEncoder:
     def span(self, span: ReadableSpan) -> bytes:
         """One Span message (without its tag and length)."""
         if type(span) is IdSpan:
-            # vigil's own spans: ids as ints, a plain attribute dict, local parents.
-            events = span._events
-            return self._span(
-                span.trace_id,
-                span.span_id,
-                None,
-                span.parent_span_id or None,
-                False,
-                span._name,
-                span._kind,
-                span._start_time,
-                span._end_time,
-                span._attributes,
-                0,
-                events,
-                events.dropped if isinstance(events, BoundedList) else 0,
-                span._status,
-            )
+            return self._id_span(span)
         context = span.context
         assert context is not None, "a finished span always has a context"
         parent = span.parent
@@ -355,6 +342,84 @@ class SpanEncoder:
             span.dropped_events,
             span.status,
         )
+
+    def _id_span(self, span: IdSpan) -> bytes:
+        """`_span` for vigil's own spans: int ids, no trace state, local parents.
+
+        The same fields in the same order; what repeats from span to span (name
+        and kind, status) comes from small caches.
+        """
+        parts = [
+            _TRACE_ID,
+            span.trace_id.to_bytes(16, "big"),
+            _SPAN_ID,
+            span.span_id.to_bytes(8, "big"),
+        ]
+        if span.parent_span_id:
+            parts += (_PARENT_SPAN_ID, span.parent_span_id.to_bytes(8, "big"))
+        name_kind = self._name_kinds.get((span._name, span._kind))
+        if name_kind is None:
+            name_kind = self._name_kind(span._name, span._kind)
+        parts.append(name_kind)
+        start, end = span._start_time, span._end_time
+        if start and end:
+            parts.append(_START_END(0x39, start, 0x41, end))
+        else:
+            if start:
+                parts += (_START, _FIXED64(start))
+            if end:
+                parts += (_END, _FIXED64(end))
+        attributes = span._attributes
+        if attributes:
+            parts += self._attributes_of(_ATTRIBUTE, attributes)
+        events = span._events
+        if events:
+            parts += self._events_of(events)
+        if isinstance(events, BoundedList) and events.dropped:
+            parts += (_DROPPED_EVENTS, varint(events.dropped))
+        status = span._status
+        encoded_status = self._statuses.get((status.status_code, status.description))
+        if encoded_status is None:
+            encoded_status = self._status(status)
+        parts += (encoded_status, _FLAGS_LOCAL_PARENT)
+        return b"".join(parts)
+
+    def _name_kind(self, name: str, kind: SpanKind) -> bytes:
+        encoded_name = name.encode()
+        encoded = _NAME + varint(len(encoded_name)) + encoded_name + _KIND + _KINDS[kind]
+        if len(self._name_kinds) >= 4096:  # names are executables: few, but not bounded
+            self._name_kinds.clear()
+        self._name_kinds[name, kind] = encoded
+        return encoded
+
+    def _events_of(self, events: Sequence[SdkEvent]) -> list[bytes]:
+        parts = []
+        for event in events:
+            body = [_EVENT_TIME, _FIXED64(event.timestamp)]
+            event_name = event.name.encode()
+            if event_name:
+                body += (_EVENT_NAME, varint(len(event_name)), event_name)
+            body += self._attributes_of(_EVENT_ATTRIBUTE, event.attributes)
+            parts.append(_field(_EVENT, b"".join(body)))
+        return parts
+
+    def _status(self, status: Status) -> bytes:
+        """Span.status as a whole field (the SDK always sends one, even empty)."""
+        code, description = status.status_code, status.description
+        if code is StatusCode.UNSET and not description:
+            encoded = _STATUS_EMPTY
+        else:
+            status_body = b""
+            if description:
+                message = description.encode()
+                status_body = _STATUS_MESSAGE + varint(len(message)) + message
+            if code is not StatusCode.UNSET:
+                status_body += _STATUS_CODE + varint(code.value)
+            encoded = _STATUS + varint(len(status_body)) + status_body
+        if len(self._statuses) >= 1024:  # exit codes and signals: a few hundred at most
+            self._statuses.clear()
+        self._statuses[code, description] = encoded
+        return encoded
 
     def _span(  # noqa: PLR0917 (positional: the per-span hot path)
         self,
@@ -395,26 +460,11 @@ class SpanEncoder:
             parts += self._attributes_of(_ATTRIBUTE, attributes)
         if dropped_attributes:
             parts += (_DROPPED_ATTRIBUTES, varint(dropped_attributes))
-        for event in events:
-            body = [_EVENT_TIME, _FIXED64(event.timestamp)]
-            event_name = event.name.encode()
-            if event_name:
-                body += (_EVENT_NAME, varint(len(event_name)), event_name)
-            body += self._attributes_of(_EVENT_ATTRIBUTE, event.attributes)
-            parts.append(_field(_EVENT, b"".join(body)))
+        if events:
+            parts += self._events_of(events)
         if dropped_events:
             parts += (_DROPPED_EVENTS, varint(dropped_events))
-        code, description = status.status_code, status.description
-        if code is StatusCode.UNSET and not description:
-            parts.append(_STATUS_EMPTY)
-        else:
-            status_body = b""
-            if description:
-                message = description.encode()
-                status_body = _STATUS_MESSAGE + varint(len(message)) + message
-            if code is not StatusCode.UNSET:
-                status_body += _STATUS_CODE + varint(code.value)
-            parts += (_STATUS, varint(len(status_body)), status_body)
+        parts.append(self._status(status))
         parts.append(
             _FLAGS_REMOTE_PARENT
             if parent_span_id is not None and parent_remote
@@ -426,15 +476,24 @@ class SpanEncoder:
         """A whole ExportTraceServiceRequest, spans grouped by resource, then scope."""
         resources: dict[int, Resource] = {}
         grouped: dict[int, dict[InstrumentationScope | None, list[bytes]]] = {}
+        last_key: tuple[int, int] | None = None
+        last: list[bytes] = []
         for span in spans:
-            resource = span.resource
-            by_scope = grouped.get(id(resource))
-            if by_scope is None:
-                by_scope = grouped[id(resource)] = {}
-                resources[id(resource)] = resource
-            by_scope.setdefault(span.instrumentation_scope, []).append(
-                _field(_SPANS, self.span(span))
-            )
+            if type(span) is IdSpan:  # fields read directly, not through properties
+                resource, scope = span._resource, span._instrumentation_scope
+                encoded_span = self._id_span(span)
+            else:
+                resource, scope = span.resource, span.instrumentation_scope
+                encoded_span = self.span(span)
+            # Runs of one resource and scope (all of vigil's): one lookup per run.
+            if (id(resource), id(scope)) != last_key:
+                last_key = (id(resource), id(scope))
+                by_scope = grouped.get(id(resource))
+                if by_scope is None:
+                    by_scope = grouped[id(resource)] = {}
+                    resources[id(resource)] = resource
+                last = by_scope.setdefault(scope, [])
+            last += (_SPANS, varint(len(encoded_span)), encoded_span)
         out = []
         for resource_id, by_scope in grouped.items():
             resource = resources[resource_id]
