@@ -45,6 +45,7 @@ from vigil.agent.telemetry.metrics import (
     Collector,
     EventHistograms,
     EventMetrics,
+    EventSums,
     KernelMetrics,
     PeriodicReader,
     PrometheusReader,
@@ -144,6 +145,7 @@ class Telemetry:
             attribute_keys=export.metrics.attributes, start_time_ns=started
         )
         self.event_histograms = EventHistograms(start_time_ns=started)
+        self.event_sums = EventSums(start_time_ns=started)
         readers: list[MetricReader] = []
         self._metric_exporter: CountingMetricExporter | None = None
         if otlp and export.metrics.enabled:
@@ -168,6 +170,7 @@ class Telemetry:
         self.event_metrics = EventMetrics(
             meter,
             self.event_histograms,
+            sums=self.event_sums,
             attribute_keys=export.metrics.attributes,
             builtin=(RULE_MATCHES,),
         )
@@ -265,14 +268,15 @@ class Telemetry:
         self.kernel_metrics.bind(self._collectors, self._resolve)
 
     def _extra_scopes(self) -> list[ScopeMetrics]:
-        """Kernel aggregates and event-fed histograms, for every export and scrape."""
+        """Kernel aggregates and event-fed sums and histograms, for every export and scrape."""
         scopes = []
         kernel = self.kernel_metrics.collect()
         if kernel:
             scopes.append(ScopeMetrics(scope=KERNEL_SCOPE, metrics=kernel, schema_url=""))
-        histograms = self.event_histograms.metrics(time.time_ns())
-        if histograms:
-            scopes.append(ScopeMetrics(scope=METER_SCOPE, metrics=histograms, schema_url=""))
+        now = time.time_ns()
+        events = self.event_sums.metrics(now) + self.event_histograms.metrics(now)
+        if events:
+            scopes.append(ScopeMetrics(scope=METER_SCOPE, metrics=events, schema_url=""))
         return scopes
 
     def _current_counters(self) -> Mapping[str, Mapping[str, int]]:

@@ -15,6 +15,7 @@ upgrade moves them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -217,6 +218,8 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         # What BatchSpanProcessor.on_end calls after its sampled check (SDK-private,
         # like the queue above): one check per span instead of two.
         self._enqueue = self._batch_processor.emit
+        self._queue = self._batch_processor._queue
+        self._limit: int = self._queue.maxlen or 0  # always set: the SDK bounds its queue
 
     def on_end(self, span: ReadableSpan) -> None:
         if type(span) is IdSpan:
@@ -229,6 +232,28 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         if self._full():
             self._counters.dropped("traces", "queue_full")
         self._enqueue(span)
+
+    def on_end_many(self, spans: list[IdSpan]) -> None:
+        """Queue the sampled spans of one pipeline batch at once (vigil.agent.telemetry.spans).
+
+        BatchProcessor.emit's work for a list: same queue order (newest on the
+        left), same wake-up of the export thread, a full queue pushes out the
+        oldest, counted; without emit's per-span checks and os.getpid() call.
+        """
+        batch = self._batch_processor
+        if batch._shutdown or batch._pid != os.getpid():
+            for span in spans:  # emit's own handling: refuse, or re-create after fork
+                self.on_end(span)
+            return
+        sampled = [span for span in spans if span.sampled]
+        queue = self._queue
+        overflow = len(queue) + len(sampled) - self._limit
+        if overflow > 0:
+            self._counters.dropped("traces", "queue_full", overflow)
+        queue.extendleft(sampled)
+        awaken = batch._worker_awaken
+        if len(queue) >= batch._max_export_batch_size and not awaken.is_set():
+            awaken.set()
 
 
 class CountingBatchLogRecordProcessor(BatchLogRecordProcessor):

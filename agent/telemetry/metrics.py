@@ -1,14 +1,16 @@
 """Metrics: event-fed instruments, kernel aggregates, and the agent's own health.
 
 Three sources reach the same MeterProvider:
-  - EventMetrics records each probe's `event_metrics` through SDK instruments
-    on the pipeline thread (counters pre-summed per batch and attribute set:
-    one `add` per batch instead of one per event);
+  - EventMetrics records each probe's `event_metrics` on the pipeline thread:
+    counters and histograms aggregated by vigil (EventSums, EventHistograms:
+    the SDK's per-call cost is most of an event's), gauges through SDK
+    instruments;
   - KernelMetrics turns what probes' `collect()` return (cumulative counters,
     gauges, log2 histograms per cgroup) into SDK metric data, resolves
     `vigil.cgroup.id` to pod attributes and merges points per attribute set.
     The Python SDK has no MetricProducer, so the readers below append that
-    data as their own scope in `_receive_metrics`, every export and scrape;
+    data (and the event-fed sums and histograms) as their own scopes in
+    `_receive_metrics`, every export and scrape;
   - register_health adds observable instruments over the agent's counters.
 """
 
@@ -366,6 +368,85 @@ class EventHistograms:
         return metrics
 
 
+class EventSums:
+    """Cumulative sums (counters, up-down counters) fed by events (thread-safe).
+
+    The SDK's Counter.add costs 10-20 us a call here (a measurement object, an
+    exemplar reservoir, a lock per reader), and the pipeline calls it per
+    attribute set of every batch, which under an exec storm means every few
+    events: vigil adds up itself and hands the totals to every reader with
+    the histograms, as points of the same scope and shape the SDK's would have
+    (cumulative; int totals stay ints).
+    """
+
+    def __init__(self, *, start_time_ns: int) -> None:
+        self.start_time_ns = start_time_ns
+        self.lock = threading.Lock()
+        self._series: dict[str, tuple[MetricSpec, dict[AttributeKey, list[Any]]]] = {}
+
+    def series(self, spec: MetricSpec) -> dict[AttributeKey, list[Any]]:
+        """Per sorted attribute key: [attributes, total] (created on first use)."""
+        with self.lock:
+            known = self._series.get(spec.name)
+            if known is None:
+                known = self._series[spec.name] = (spec, {})
+            elif known[0].kind != spec.kind:
+                log.warning(
+                    "metric %s declared as %s and %s; keeping %s",
+                    spec.name,
+                    known[0].kind,
+                    spec.kind,
+                    known[0].kind,
+                )
+            return known[1]
+
+    @staticmethod
+    def add(
+        series: dict[AttributeKey, list[Any]],
+        key: AttributeKey,
+        attributes: Attributes,
+        total: float,
+    ) -> None:
+        """Caller holds `lock`. Past the cardinality limit, totals go to one overflow point."""
+        entry = series.get(key)
+        if entry is None:
+            if len(series) >= HISTOGRAM_CARDINALITY:
+                key, attributes = _OVERFLOW, dict(_OVERFLOW)
+                entry = series.get(key)
+            if entry is None:
+                entry = series[key] = [attributes, 0]
+        entry[1] += total
+
+    def metrics(self, time_ns: int) -> list[Metric]:
+        with self.lock:
+            snapshot = [
+                (spec, [(attributes, total) for attributes, total in series.values()])
+                for spec, series in self._series.values()
+                if series
+            ]
+        return [
+            Metric(
+                name=spec.name,
+                description=spec.description,
+                unit=spec.unit,
+                data=Sum(
+                    data_points=[
+                        NumberDataPoint(
+                            attributes=dict(attributes),
+                            start_time_unix_nano=self.start_time_ns,
+                            time_unix_nano=time_ns,
+                            value=total,
+                        )
+                        for attributes, total in points
+                    ],
+                    aggregation_temporality=AggregationTemporality.CUMULATIVE,
+                    is_monotonic=spec.kind == "counter",
+                ),
+            )
+            for spec, points in snapshot
+        ]
+
+
 # The SDK's default explicit bounds, for event histograms that declare none.
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0,
@@ -384,10 +465,13 @@ class _Bound:
     kind: str
     counts_events: bool  # value is 1 per event: no call needed
     summed: bool  # counters, up-down counters: summed per batch
-    instrument: Any = None  # counters, up-down counters, gauges: the SDK instrument
+    instrument: Any = None  # gauges: the SDK instrument
     bounds: tuple[float, ...] = ()  # histograms: vigil's own aggregation
     series: dict[Any, _Buckets] | None = None
+    sums: dict[AttributeKey, list[Any]] | None = None  # counters: EventSums' series
     cache: dict[tuple[Any, ...], tuple[Attributes, AttributeKey]] = field(default_factory=dict)
+    # Summed kinds: totals per key values within one record() call (emptied at its end).
+    totals: dict[tuple[Any, ...], float] = field(default_factory=dict)
 
     def attributes_of(self, values: tuple[Any, ...]) -> tuple[Attributes, AttributeKey]:
         """The attributes for these key values, as a dict and as a sorted key (cached)."""
@@ -401,12 +485,17 @@ class _Bound:
         return found
 
 
+_Plan = tuple[
+    _Bound, Callable[[Event], float | None] | None, tuple[str, ...], dict[Any, float] | None
+]
+
+
 class EventMetrics:
     """Records each probe's EventMetrics for every event.
 
-    Counters, up-down counters and gauges go through SDK instruments (cached
-    by name), summed per batch and attribute set first: one `add` per batch,
-    not per event. Histograms go to EventHistograms (see there).
+    Counters and up-down counters are summed per batch and attribute set,
+    then added to EventSums; histograms go to EventHistograms (see there);
+    gauges (last value wins) go through SDK instruments, cached by name.
     """
 
     def __init__(
@@ -414,15 +503,21 @@ class EventMetrics:
         meter: Meter,
         histograms: EventHistograms,
         *,
+        sums: EventSums,
         attribute_keys: Sequence[str],
         builtin: Sequence[EventMetric] = (),
     ) -> None:
         self._meter = meter
         self._histograms = histograms
+        self._sums = sums
         self.attribute_keys = tuple(attribute_keys)
         self._builtin = tuple(builtin)
         self._instruments: dict[str, tuple[MetricSpec, Any]] = {}
-        self._by_kind: dict[str, list[_Bound]] = {}
+        # Per event kind: (bound, value function or None for one per event,
+        # extra keys, the bound's totals or None when not summed), unpacked in
+        # one step per event instead of four attribute reads.
+        self._by_kind: dict[str, list[_Plan]] = {}
+        self._summed: tuple[_Bound, ...] = ()
         self._declared: tuple[EventMetric, ...] | None = None
         self.use(())
 
@@ -438,14 +533,7 @@ class EventMetrics:
                     known[0].kind,
                 )
             return known[1]
-        meter = self._meter
-        instrument: Any
-        if spec.kind == "counter":
-            instrument = meter.create_counter(spec.name, spec.unit, spec.description)
-        elif spec.kind == "updown_counter":
-            instrument = meter.create_up_down_counter(spec.name, spec.unit, spec.description)
-        else:
-            instrument = meter.create_gauge(spec.name, spec.unit, spec.description)
+        instrument = self._meter.create_gauge(spec.name, spec.unit, spec.description)
         self._instruments[spec.name] = (spec, instrument)
         return instrument
 
@@ -454,7 +542,7 @@ class EventMetrics:
         declared = (*self._builtin, *declared)
         if declared == self._declared:
             return
-        by_kind: dict[str, list[_Bound]] = {}
+        by_kind: dict[str, list[_Plan]] = {}
         for metric in declared:
             keys = self.attribute_keys + tuple(
                 k for k in metric.attributes if k not in self.attribute_keys
@@ -468,11 +556,25 @@ class EventMetrics:
                 bound = _Bound(
                     metric, keys, extra, spec.kind, ones, summed, bounds=bounds, series=series
                 )
+            elif summed:
+                bound = _Bound(
+                    metric, keys, extra, spec.kind, ones, summed, sums=self._sums.series(spec)
+                )
             else:
                 instrument = self._instrument(spec)
                 bound = _Bound(metric, keys, extra, spec.kind, ones, summed, instrument=instrument)
-            by_kind.setdefault(metric.kind, []).append(bound)
+            by_kind.setdefault(metric.kind, []).append(
+                (
+                    bound,
+                    None if ones else metric.value,
+                    extra,
+                    bound.totals if summed else None,
+                )
+            )
         self._by_kind = by_kind
+        self._summed = tuple(
+            plan[0] for plans in by_kind.values() for plan in plans if plan[3] is not None
+        )
         self._declared = declared
 
     def record(self, events: Iterable[Event]) -> None:
@@ -480,23 +582,22 @@ class EventMetrics:
         if not by_kind:
             return
         configured = self.attribute_keys
-        sums: dict[_Bound, dict[tuple[Any, ...], float]] = {}
         observed: list[tuple[_Bound, tuple[Any, ...], float]] = []
         for event in events:
-            metrics = by_kind.get(event.kind)
-            if metrics is None:
+            plans = by_kind.get(event.kind)
+            if plans is None:
                 continue
             get = event.attributes.get
             common = tuple(map(get, configured))  # shared by every metric of the event
-            for bound in metrics:
-                value = 1 if bound.counts_events else bound.metric.value(event)
-                if value is None:
-                    continue
-                values = common + tuple(map(get, bound.extra_keys)) if bound.extra_keys else common
-                if bound.summed:
-                    totals = sums.get(bound)
-                    if totals is None:
-                        totals = sums[bound] = {}
+            for bound, value_of, extra_keys, totals in plans:
+                value: float = 1
+                if value_of is not None:
+                    measured = value_of(event)
+                    if measured is None:
+                        continue
+                    value = measured
+                values = common + tuple(map(get, extra_keys)) if extra_keys else common
+                if totals is not None:
                     try:
                         totals[values] = totals.get(values, 0) + value
                     except TypeError:  # a list value: make it hashable
@@ -504,9 +605,16 @@ class EventMetrics:
                         totals[values] = totals.get(values, 0) + value
                 else:
                     observed.append((bound, values, value))
-        for bound, totals in sums.items():
-            for values, total in totals.items():
-                bound.instrument.add(total, bound.attributes_of(values)[0])
+        if any(bound.totals for bound in self._summed):
+            add = EventSums.add
+            with self._sums.lock:
+                for bound in self._summed:
+                    totals, series = bound.totals, bound.sums
+                    if totals and series is not None:
+                        for values, total in totals.items():
+                            attributes, key = bound.attributes_of(values)
+                            add(series, key, attributes, total)
+                        totals.clear()
         if observed:
             self._observe(observed)
 

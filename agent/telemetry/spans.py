@@ -33,7 +33,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event as SpanEvent
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -106,9 +106,18 @@ class ProcessSpans:
         self._settings = settings
         self._counters = counters
         self._clock = clock
-        self._sampler = ParentBased(TraceIdRatioBased(settings.sampling_ratio))
+        # ParentBased(TraceIdRatioBased): children follow their parent (below), a
+        # root's trace id decides against the ratio's bound, the SDK's test
+        # without its SamplingResult and context lookups (~4 us a root span).
+        self._sample_below = TraceIdRatioBased(settings.sampling_ratio).bound
         self._ids = RandomIdGenerator()
         self._open: dict[int, _Open] = {}
+        # Spans finished during one handle() call, handed over together: the
+        # batch processor queues a list at once instead of one span at a time.
+        self._finished: list[IdSpan] = []
+        self._on_end_many: Callable[[list[IdSpan]], None] | None = getattr(
+            processor, "on_end_many", None
+        )
         # FIFO: popping a plain dict's first key gets slower as deleted slots pile up.
         self._recent: OrderedDict[int, Ids] = OrderedDict()
         self._handlers: dict[str, Callable[[Event], None]] = {
@@ -130,6 +139,18 @@ class ProcessSpans:
             handler = handlers.get(event.kind)
             if handler is not None:
                 handler(event)
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        finished = self._finished
+        if not finished:
+            return
+        self._finished = []
+        if self._on_end_many is not None:
+            self._on_end_many(finished)
+        else:
+            for span in finished:
+                self._processor.on_end(span)
 
     def ids_of(self, pid: object) -> Ids | None:
         """(trace id, span id, sampled) of process `pid`'s span: open, or ended a moment ago."""
@@ -154,6 +175,7 @@ class ProcessSpans:
         while self._open:
             _pid, state = self._open.popitem()
             self._end_running(state, now)
+        self._hand_over()
 
     # -- span bookkeeping ------------------------------------------------------------
 
@@ -168,8 +190,7 @@ class ProcessSpans:
             trace_id, parent_span_id, sampled = parent
         else:
             trace_id, parent_span_id = self._ids.generate_trace_id(), 0
-            decision = self._sampler.should_sample(None, trace_id, name).decision
-            sampled = decision is Decision.RECORD_AND_SAMPLE
+            sampled = trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._sample_below
         span_id = self._ids.generate_span_id()
         return _Open(trace_id, span_id, parent_span_id, sampled, name, start_ns, attributes)
 
@@ -216,7 +237,7 @@ class ProcessSpans:
         if not state.sampled:
             return
         start = state.start_ns
-        self._processor.on_end(
+        self._finished.append(
             IdSpan(
                 state.name,
                 trace_id=state.trace_id,

@@ -68,6 +68,8 @@ _FLAGS_REMOTE_PARENT = _FLAGS + struct.pack(
     SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK,
 )
 _FIXED64 = struct.Struct("<Q").pack
+# Both times with their tags at once: (_START, start, _END, end).
+_START_END = struct.Struct("<BQBQ").pack
 
 # Encoded attributes kept at most; a full cache is dropped and refilled
 # (pids and arguments pass through it, so it must not grow for ever).
@@ -199,16 +201,24 @@ class SpanEncoder:
 
     def __init__(self, cache_limit: int = CACHE_LIMIT) -> None:
         self._cache_limit = cache_limit
-        # Per field tag, per value type: (key, value) -> the whole field (tag,
-        # length, KeyValue). One dict per type keeps 1, 1.0 and True apart.
-        self._scalars: dict[bytes, dict[type, dict[tuple[str, Any], bytes]]] = {
-            tag: {str: {}, int: {}, bool: {}} for tag in (_ATTRIBUTE, _EVENT_ATTRIBUTE)
+        # Per field tag, per key: value -> the whole field (tag, length,
+        # KeyValue), for str and int values (never equal to each other, so one
+        # dict per key holds both); bools go to their own dict, since True == 1.
+        self._values: dict[bytes, dict[str, dict[Any, bytes]]] = {
+            _ATTRIBUTE: {},
+            _EVENT_ATTRIBUTE: {},
+        }
+        self._bools: dict[bytes, dict[tuple[str, bool], bytes]] = {
+            _ATTRIBUTE: {},
+            _EVENT_ATTRIBUTE: {},
         }
         self._others: dict[tuple[bytes, str, type, Any], bytes] = {}
         self._keys: dict[str, bytes] = {}
         # By identity: Resource.__hash__ serializes its attributes on every call.
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[InstrumentationScope | None, bytes] = {}
+        self._name_kinds: dict[tuple[str, SpanKind], bytes] = {}
+        self._statuses: dict[tuple[StatusCode, str | None], bytes] = {}
 
     def _key(self, key: str) -> bytes:
         """KeyValue.key (field 1) with its tag, cached: keys are few."""
@@ -220,10 +230,8 @@ class SpanEncoder:
                 self._keys[key] = encoded
         return encoded
 
-    def _scalar(
-        self, tag: bytes, key: str, value: str | int | bool, cache: dict[tuple[str, Any], bytes]
-    ) -> bytes:
-        """Encode a str, int or bool attribute by hand and cache it."""
+    def _scalar(self, tag: bytes, key: str, value: str | int | bool) -> bytes:
+        """A str, int or bool attribute as a whole field, encoded by hand (not cached)."""
         if isinstance(value, str):
             raw = value.encode()
             any_value = b"\x0a" + varint(len(raw)) + raw  # AnyValue.string_value = 1
@@ -233,10 +241,19 @@ class SpanEncoder:
             # AnyValue.int_value = 3: an int64, negative ones as two's complement.
             any_value = b"\x18" + varint(value if value >= 0 else value + (1 << 64))
         body = self._key(key) + b"\x12" + varint(len(any_value)) + any_value
-        encoded = tag + varint(len(body)) + body
-        if len(cache) >= self._cache_limit:
+        return tag + varint(len(body)) + body
+
+    def _cached_value(self, tag: bytes, key: str, value: str | int) -> bytes:
+        """`_scalar` for a str or int, through the per-key cache (a miss fills it)."""
+        by_key = self._values[tag]
+        cache = by_key.get(key)
+        if cache is None:
+            if len(by_key) >= 4096:  # keys are few; guard against misuse
+                by_key.clear()
+            cache = by_key[key] = {}
+        elif len(cache) >= self._cache_limit:
             cache.clear()  # pids and timestamps pass through: start over
-        cache[key, value] = encoded
+        encoded = cache[value] = self._scalar(tag, key, value)
         return encoded
 
     def _other(self, tag: bytes, key: str, value: Any) -> bytes:
@@ -258,15 +275,24 @@ class SpanEncoder:
         """Each attribute as a whole field (tag, length, KeyValue)."""
         if not attributes:
             return []
-        caches = self._scalars[tag]
+        by_key = self._values[tag]
         out = []
         for key, value in attributes.items():
-            cache = caches.get(type(value))
-            if cache is None:
+            kind = type(value)
+            if kind is str or kind is int:
+                cache = by_key.get(key)
+                encoded = cache.get(value) if cache is not None else None
+                out.append(encoded or self._cached_value(tag, key, value))
+            elif kind is bool:
+                bools = self._bools[tag]
+                encoded = bools.get((key, value))
+                if encoded is None:
+                    if len(bools) >= self._cache_limit:
+                        bools.clear()
+                    encoded = bools[key, value] = self._scalar(tag, key, value)
+                out.append(encoded)
+            else:
                 out.append(self._other(tag, key, value))
-                continue
-            encoded = cache.get((key, value))
-            out.append(encoded if encoded is not None else self._scalar(tag, key, value, cache))
         return out
 
     def _resource(self, resource: Resource) -> bytes:
@@ -296,24 +322,7 @@ class SpanEncoder:
     def span(self, span: ReadableSpan) -> bytes:
         """One Span message (without its tag and length)."""
         if type(span) is IdSpan:
-            # vigil's own spans: ids as ints, a plain attribute dict, local parents.
-            events = span._events
-            return self._span(
-                span.trace_id,
-                span.span_id,
-                None,
-                span.parent_span_id or None,
-                False,
-                span._name,
-                span._kind,
-                span._start_time,
-                span._end_time,
-                span._attributes,
-                0,
-                events,
-                events.dropped if isinstance(events, BoundedList) else 0,
-                span._status,
-            )
+            return self._id_span(span)
         context = span.context
         assert context is not None, "a finished span always has a context"
         parent = span.parent
@@ -333,6 +342,84 @@ class SpanEncoder:
             span.dropped_events,
             span.status,
         )
+
+    def _id_span(self, span: IdSpan) -> bytes:
+        """`_span` for vigil's own spans: int ids, no trace state, local parents.
+
+        The same fields in the same order; what repeats from span to span (name
+        and kind, status) comes from small caches.
+        """
+        parts = [
+            _TRACE_ID,
+            span.trace_id.to_bytes(16, "big"),
+            _SPAN_ID,
+            span.span_id.to_bytes(8, "big"),
+        ]
+        if span.parent_span_id:
+            parts += (_PARENT_SPAN_ID, span.parent_span_id.to_bytes(8, "big"))
+        name_kind = self._name_kinds.get((span._name, span._kind))
+        if name_kind is None:
+            name_kind = self._name_kind(span._name, span._kind)
+        parts.append(name_kind)
+        start, end = span._start_time, span._end_time
+        if start and end:
+            parts.append(_START_END(0x39, start, 0x41, end))
+        else:
+            if start:
+                parts += (_START, _FIXED64(start))
+            if end:
+                parts += (_END, _FIXED64(end))
+        attributes = span._attributes
+        if attributes:
+            parts += self._attributes_of(_ATTRIBUTE, attributes)
+        events = span._events
+        if events:
+            parts += self._events_of(events)
+        if isinstance(events, BoundedList) and events.dropped:
+            parts += (_DROPPED_EVENTS, varint(events.dropped))
+        status = span._status
+        encoded_status = self._statuses.get((status.status_code, status.description))
+        if encoded_status is None:
+            encoded_status = self._status(status)
+        parts += (encoded_status, _FLAGS_LOCAL_PARENT)
+        return b"".join(parts)
+
+    def _name_kind(self, name: str, kind: SpanKind) -> bytes:
+        encoded_name = name.encode()
+        encoded = _NAME + varint(len(encoded_name)) + encoded_name + _KIND + _KINDS[kind]
+        if len(self._name_kinds) >= 4096:  # names are executables: few, but not bounded
+            self._name_kinds.clear()
+        self._name_kinds[name, kind] = encoded
+        return encoded
+
+    def _events_of(self, events: Sequence[SdkEvent]) -> list[bytes]:
+        parts = []
+        for event in events:
+            body = [_EVENT_TIME, _FIXED64(event.timestamp)]
+            event_name = event.name.encode()
+            if event_name:
+                body += (_EVENT_NAME, varint(len(event_name)), event_name)
+            body += self._attributes_of(_EVENT_ATTRIBUTE, event.attributes)
+            parts.append(_field(_EVENT, b"".join(body)))
+        return parts
+
+    def _status(self, status: Status) -> bytes:
+        """Span.status as a whole field (the SDK always sends one, even empty)."""
+        code, description = status.status_code, status.description
+        if code is StatusCode.UNSET and not description:
+            encoded = _STATUS_EMPTY
+        else:
+            status_body = b""
+            if description:
+                message = description.encode()
+                status_body = _STATUS_MESSAGE + varint(len(message)) + message
+            if code is not StatusCode.UNSET:
+                status_body += _STATUS_CODE + varint(code.value)
+            encoded = _STATUS + varint(len(status_body)) + status_body
+        if len(self._statuses) >= 1024:  # exit codes and signals: a few hundred at most
+            self._statuses.clear()
+        self._statuses[code, description] = encoded
+        return encoded
 
     def _span(  # noqa: PLR0917 (positional: the per-span hot path)
         self,
@@ -373,26 +460,11 @@ class SpanEncoder:
             parts += self._attributes_of(_ATTRIBUTE, attributes)
         if dropped_attributes:
             parts += (_DROPPED_ATTRIBUTES, varint(dropped_attributes))
-        for event in events:
-            body = [_EVENT_TIME, _FIXED64(event.timestamp)]
-            event_name = event.name.encode()
-            if event_name:
-                body += (_EVENT_NAME, varint(len(event_name)), event_name)
-            body += self._attributes_of(_EVENT_ATTRIBUTE, event.attributes)
-            parts.append(_field(_EVENT, b"".join(body)))
+        if events:
+            parts += self._events_of(events)
         if dropped_events:
             parts += (_DROPPED_EVENTS, varint(dropped_events))
-        code, description = status.status_code, status.description
-        if code is StatusCode.UNSET and not description:
-            parts.append(_STATUS_EMPTY)
-        else:
-            status_body = b""
-            if description:
-                message = description.encode()
-                status_body = _STATUS_MESSAGE + varint(len(message)) + message
-            if code is not StatusCode.UNSET:
-                status_body += _STATUS_CODE + varint(code.value)
-            parts += (_STATUS, varint(len(status_body)), status_body)
+        parts.append(self._status(status))
         parts.append(
             _FLAGS_REMOTE_PARENT
             if parent_span_id is not None and parent_remote
@@ -404,15 +476,24 @@ class SpanEncoder:
         """A whole ExportTraceServiceRequest, spans grouped by resource, then scope."""
         resources: dict[int, Resource] = {}
         grouped: dict[int, dict[InstrumentationScope | None, list[bytes]]] = {}
+        last_key: tuple[int, int] | None = None
+        last: list[bytes] = []
         for span in spans:
-            resource = span.resource
-            by_scope = grouped.get(id(resource))
-            if by_scope is None:
-                by_scope = grouped[id(resource)] = {}
-                resources[id(resource)] = resource
-            by_scope.setdefault(span.instrumentation_scope, []).append(
-                _field(_SPANS, self.span(span))
-            )
+            if type(span) is IdSpan:  # fields read directly, not through properties
+                resource, scope = span._resource, span._instrumentation_scope
+                encoded_span = self._id_span(span)
+            else:
+                resource, scope = span.resource, span.instrumentation_scope
+                encoded_span = self.span(span)
+            # Runs of one resource and scope (all of vigil's): one lookup per run.
+            if (id(resource), id(scope)) != last_key:
+                last_key = (id(resource), id(scope))
+                by_scope = grouped.get(id(resource))
+                if by_scope is None:
+                    by_scope = grouped[id(resource)] = {}
+                    resources[id(resource)] = resource
+                last = by_scope.setdefault(scope, [])
+            last += (_SPANS, varint(len(encoded_span)), encoded_span)
         out = []
         for resource_id, by_scope in grouped.items():
             resource = resources[resource_id]

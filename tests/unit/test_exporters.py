@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from tests.support.otlp_receiver import OtlpReceiver, free_port
 from vigil.agent.telemetry.exporters import (
@@ -18,6 +18,8 @@ from vigil.agent.telemetry.exporters import (
     ExportCounters,
     GrpcSpanExporter,
 )
+from vigil.agent.telemetry.spans import SCOPE
+from vigil.agent.telemetry.wire import IdSpan
 
 RESOURCE = Resource.create({"service.name": "vigil-agent"})
 
@@ -73,6 +75,51 @@ def test_a_full_queue_counts_every_span_it_pushes_out() -> None:
     assert len(inner.received) + dropped == total
     assert counters.exports()["traces"] == len(inner.received)
     assert "s999" not in inner.received
+
+
+def id_span(i: int, *, sampled: bool = True) -> IdSpan:
+    return IdSpan(
+        f"s{i}",
+        trace_id=i + 1,
+        span_id=i + 1,
+        parent_span_id=0,
+        sampled=sampled,
+        resource=RESOURCE,
+        scope=SCOPE,
+        attributes={"i": i},
+        events=(),
+        kind=SpanKind.INTERNAL,
+        status=Status(StatusCode.UNSET),
+        start_time=1,
+        end_time=2,
+    )
+
+
+def test_lists_of_spans_queue_in_order_and_a_full_queue_counts_what_it_pushes_out() -> None:
+    counters = ExportCounters()
+    inner = GatedExporter()
+    processor = CountingBatchSpanProcessor(
+        CountingSpanExporter(inner, counters),
+        counters,
+        max_queue_size=8,
+        max_export_batch_size=4,
+        schedule_delay_millis=60_000,
+    )
+    # The worker takes the first 4 at once (the queue reached the batch size)
+    # and waits at the gate; the rest queue behind it, 8 at most.
+    processor.on_end_many([id_span(i) for i in range(4)])
+    deadline = time.monotonic() + 5
+    while len(processor._queue) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(processor._queue) == 0
+    processor.on_end_many([id_span(i) for i in range(4, 10)])
+    processor.on_end_many([id_span(999, sampled=False), *(id_span(i) for i in range(10, 14))])
+    assert counters.drops() == {("traces", "queue_full"): 2}  # 4 and 5: the oldest
+    inner.gate.set()
+    processor.force_flush()
+    processor.shutdown()
+    assert inner.received == [f"s{i}" for i in (0, 1, 2, 3, *range(6, 14))]
+    assert counters.exports()["traces"] == 12
 
 
 def test_failed_exports_count_requests_and_items() -> None:

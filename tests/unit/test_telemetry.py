@@ -11,11 +11,13 @@ from typing import Any, ClassVar
 
 import pytest
 from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_ERROR
+from opentelemetry.sdk.metrics.export import Sum
 
 from tests.support.otlp_receiver import OtlpReceiver
 from vigil.agent.pipeline.events import Event
 from vigil.agent.telemetry.export import Telemetry
 from vigil.agent.telemetry.histograms import LOG2_SLOTS, Log2Histogram
+from vigil.agent.telemetry.metrics import HISTOGRAM_CARDINALITY, EventSums
 from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.api.events import AttributeValue
 from vigil.api.export import Export, Metrics, Otlp, Spans
@@ -277,3 +279,47 @@ def test_health_metrics_follow_the_agents_counters(receiver: OtlpReceiver) -> No
         assert user.point.as_double > 0
     finally:
         telemetry.shutdown()
+
+
+def test_event_counters_stay_cumulative_across_exports(receiver: OtlpReceiver) -> None:
+    probe = FakeProbe([])
+    telemetry = telemetry_for(receiver)
+    telemetry.bind_sources(probes=lambda: (probe,))
+    call = Event("test.call", 1, {"vigil.test.op": "read", "vigil.test.size": 1})
+    try:
+        telemetry.sink.emit([call, call])
+        telemetry.force_flush()
+        first = receiver.last("vigil.test.calls", vigil__test__op="read")
+        telemetry.sink.emit([call])
+        telemetry.force_flush()
+        second = receiver.last("vigil.test.calls", vigil__test__op="read")
+        assert first is not None
+        assert second is not None
+        assert (first.point.as_int, second.point.as_int) == (2, 3)
+        assert second.point.start_time_unix_nano == first.point.start_time_unix_nano
+    finally:
+        telemetry.shutdown()
+
+
+def test_event_sums_keep_kind_and_int_totals_and_bound_their_attribute_sets() -> None:
+    sums = EventSums(start_time_ns=5)
+    up_down = sums.series(MetricSpec("vigil.test.open", "updown_counter", "{x}", "test"))
+    counter = sums.series(CALLS)
+    with sums.lock:
+        EventSums.add(up_down, (("a", 1),), {"a": 1}, 3)
+        EventSums.add(up_down, (("a", 1),), {"a": 1}, -1)
+        for i in range(HISTOGRAM_CARDINALITY + 5):
+            EventSums.add(counter, (("i", i),), {"i": i}, 1)
+    by_name = {metric.name: metric for metric in sums.metrics(9)}
+    opened = by_name["vigil.test.open"].data
+    assert isinstance(opened, Sum)
+    assert not opened.is_monotonic
+    [point] = opened.data_points
+    assert (point.attributes, point.value, point.start_time_unix_nano) == ({"a": 1}, 2, 5)
+    assert isinstance(point.value, int)
+    calls = by_name["vigil.test.calls"].data
+    assert isinstance(calls, Sum)
+    assert calls.is_monotonic
+    assert len(calls.data_points) == HISTOGRAM_CARDINALITY + 1
+    overflow = [p for p in calls.data_points if p.attributes == {"otel.metric.overflow": True}]
+    assert [p.value for p in overflow] == [5]
