@@ -53,6 +53,14 @@ class GatedExporter(SpanExporter):
         self.gate.set()
 
 
+def wait_until_taken(processor: CountingBatchSpanProcessor) -> None:
+    """Until the export worker has emptied the queue (and sits at the gate)."""
+    deadline = time.monotonic() + 5
+    while len(processor._queue) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(processor._queue) == 0
+
+
 def test_a_full_queue_counts_every_span_it_pushes_out() -> None:
     counters = ExportCounters()
     inner = GatedExporter()
@@ -64,7 +72,13 @@ def test_a_full_queue_counts_every_span_it_pushes_out() -> None:
         schedule_delay_millis=60_000,
     )
     total = 100
-    for i in range(total):
+    # The worker takes the first 4 (the batch size) and waits at the gate; only
+    # then push the rest, so no pop races the queue-full check (which counts a
+    # drop that a concurrent pop would have prevented: 1 run in ~30 before).
+    for i in range(4):
+        processor.on_end(span(i))
+    wait_until_taken(processor)
+    for i in range(4, total):
         processor.on_end(span(i))
     processor.on_end(span(999, sampled=False))  # not sampled: neither queued nor counted
     inner.gate.set()
@@ -108,10 +122,7 @@ def test_lists_of_spans_queue_in_order_and_a_full_queue_counts_what_it_pushes_ou
     # The worker takes the first 4 at once (the queue reached the batch size)
     # and waits at the gate; the rest queue behind it, 8 at most.
     processor.on_end_many([id_span(i) for i in range(4)])
-    deadline = time.monotonic() + 5
-    while len(processor._queue) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(processor._queue) == 0
+    wait_until_taken(processor)
     processor.on_end_many([id_span(i) for i in range(4, 10)])
     processor.on_end_many([id_span(999, sampled=False), *(id_span(i) for i in range(10, 14))])
     assert counters.drops() == {("traces", "queue_full"): 2}  # 4 and 5: the oldest
