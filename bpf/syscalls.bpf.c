@@ -1,7 +1,11 @@
-/* syscalls: per cgroup and syscall, call counts, errors and a log2 latency
- * histogram aggregated in the kernel; calls slower than a threshold stream as
- * records.
+/* syscalls: per cgroup and syscall, call counts, errors and (latency mode)
+ * a log2 latency histogram aggregated in the kernel; in latency mode, calls
+ * slower than a threshold stream as records.
  *
+ * SYSCALLS_LATENCY (compile time, the probe's `latency` setting) picks one
+ * of two modes:
+ *
+ * Latency (1): two programs.
  *   raw_syscalls:sys_enter (raw)  args[1] is the syscall id: one array lookup
  *                                 decides whether it is traced at all, then
  *                                 the start goes to task storage
@@ -9,6 +13,12 @@
  *                                 start come from task storage (no pt_regs
  *                                 read): a task without a traced syscall in
  *                                 flight pays one storage lookup
+ *
+ * Count only (0): one program, no clock read, no task storage.
+ *   raw_syscalls:sys_exit (raw)   the id is pt_regs->orig_ax (args[0] is the
+ *                                 task's pt_regs; BTF offset), the return
+ *                                 value args[1]; one array lookup decides,
+ *                                 then one per-CPU hash update
  *
  * Enabling these tracepoints puts every syscall of every task on the
  * tracing slow path (~190 ns each here even with empty programs): the probe
@@ -25,6 +35,9 @@
 #ifndef SYSCALLS_STATS_MAX
 #define SYSCALLS_STATS_MAX 8192
 #endif
+#ifndef SYSCALLS_LATENCY
+#define SYSCALLS_LATENCY 1
+#endif
 
 /* syscalls_set[id]: 0 = not traced; else the call is counted and, when it
  * takes at least that many ns, streamed (~0: never). Written by the agent. */
@@ -34,17 +47,6 @@ struct syscalls_config {
     u64 wake_bytes; /* wake the reader once this much data is waiting */
 };
 BPF_ARRAY(syscalls_config, struct syscalls_config, 1);
-
-/* The traced syscall a task is in. Task storage, not a per-CPU slot: a task
- * may sleep in a syscall and return on another CPU. Freed with the task. */
-struct syscalls_start {
-    u64 ts;        /* bpf_ktime_get_ns() at entry; 0: nothing in flight */
-    u64 cgroup_id; /* at entry */
-    u64 slow_ns;   /* syscalls_set[id] at entry */
-    u32 id;
-    u32 reserved;
-};
-BPF_TASK_STORAGE(syscalls_start, struct syscalls_start);
 
 struct syscalls_key {
     u64 cgroup_id;
@@ -57,14 +59,14 @@ struct syscalls_key {
 struct syscalls_stats {
     u64 count;
     u64 errors; /* returned -4095..-1 */
+#if SYSCALLS_LATENCY
     u64 sum_ns;
     u64 slots[VIGIL_LOG2_SLOTS];
+#endif
 };
 /* Not preallocated: memory follows the pairs in use, not max entries x CPUs. */
 BPF_F_TABLE("percpu_hash", struct syscalls_key, struct syscalls_stats, syscalls_stats,
             SYSCALLS_STATS_MAX, BPF_F_NO_PREALLOC);
-/* The zeroed value new entries start from (too big for the BPF stack). */
-BPF_PERCPU_ARRAY(syscalls_zero, struct syscalls_stats, 1);
 
 /* One slow syscall. The agent's decoder is checked against this layout by
  * a test (tests/integration/test_syscalls_probe.py). */
@@ -81,8 +83,31 @@ struct syscalls_record {
     char leader_comm[VIGIL_COMM_LEN]; /* the process's (its main thread) */
 };
 
+/* Declared in both modes (the agent opens it); count only writes nothing
+ * to it and the agent then sizes it at one page. */
 BPF_RINGBUF_OUTPUT(syscalls_events, SYSCALLS_RINGBUF_PAGES);
 VIGIL_DROP_COUNTERS(syscalls_drops);
+
+static __always_inline bool syscalls_is_error(s64 ret)
+{
+    return ret < 0 && ret >= -4095;
+}
+
+#if SYSCALLS_LATENCY
+
+/* The traced syscall a task is in. Task storage, not a per-CPU slot: a task
+ * may sleep in a syscall and return on another CPU. Freed with the task. */
+struct syscalls_start {
+    u64 ts;        /* bpf_ktime_get_ns() at entry; 0: nothing in flight */
+    u64 cgroup_id; /* at entry */
+    u64 slow_ns;   /* syscalls_set[id] at entry */
+    u32 id;
+    u32 reserved;
+};
+BPF_TASK_STORAGE(syscalls_start, struct syscalls_start);
+
+/* The zeroed value new entries start from (too big for the BPF stack). */
+BPF_PERCPU_ARRAY(syscalls_zero, struct syscalls_stats, 1);
 
 int vigil_syscalls_enter(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -167,7 +192,7 @@ int vigil_syscalls_exit(struct bpf_raw_tracepoint_args *ctx)
     }
     if (stats) {
         stats->count++;
-        if (ret < 0 && ret >= -4095)
+        if (syscalls_is_error(ret))
             stats->errors++;
         stats->sum_ns += duration;
         slot = vigil_log2_slot(duration);
@@ -181,3 +206,45 @@ int vigil_syscalls_exit(struct bpf_raw_tracepoint_args *ctx)
         syscalls_emit(start, now, duration, ret);
     return 0;
 }
+
+#else /* count only */
+
+int vigil_syscalls_count(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *regs = (void *)ctx->args[0];
+    s64 ret = (s64)ctx->args[1];
+    struct syscalls_key key = {};
+    struct syscalls_stats *stats, initial = {};
+    u64 id, cgroup_id, *traced;
+    u32 index;
+
+    /* orig_ax: the id the call entered with (-1 when none, e.g. a call
+     * skipped by seccomp or ptrace; out of range, like x32 ids). */
+    if (VIGIL_READ(id, regs, pt_regs__orig_ax) < 0)
+        return 0; /* (a failed read zeroes id: 0 is read(2), not "none") */
+    if (id >= SYSCALLS_IDS)
+        return 0;
+    index = id;
+    traced = syscalls_set.lookup(&index);
+    if (!traced || !*traced)
+        return 0; /* the common case: not in the set */
+
+    cgroup_id = bpf_get_current_cgroup_id();
+    if (!vigil_selected(cgroup_id))
+        return 0;
+    key.cgroup_id = cgroup_id;
+    key.id = index;
+    stats = syscalls_stats.lookup(&key);
+    if (!stats)
+        stats = syscalls_stats.lookup_or_try_init(&key, &initial);
+    if (!stats) {
+        syscalls_drops.increment(VIGIL_DROP_MAP_FULL);
+        return 0;
+    }
+    stats->count++;
+    if (syscalls_is_error(ret))
+        stats->errors++;
+    return 0;
+}
+
+#endif

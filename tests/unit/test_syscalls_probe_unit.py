@@ -106,9 +106,50 @@ def test_no_threshold_streams_nothing() -> None:
     assert probe.wanted_set() == {0: NEVER_SLOW}
 
 
+def test_count_only_traces_the_set_and_never_streams() -> None:
+    probe = _probe(
+        SyscallsConfig(
+            syscalls=("read", "getppid"), latency=False, slow=SlowSyscalls(threshold_ms=5)
+        )
+    )
+    assert probe.wanted_set() == {0: NEVER_SLOW, 110: NEVER_SLOW}
+
+
+def test_hooks_follow_the_mode() -> None:
+    latency = _probe(SyscallsConfig())
+    assert [(h.tracepoint, h.function) for h in latency.enabled_hooks()] == [
+        ("raw_syscalls:sys_enter", "vigil_syscalls_enter"),
+        ("raw_syscalls:sys_exit", "vigil_syscalls_exit"),
+    ]
+    count_only = _probe(SyscallsConfig(latency=False))
+    assert [(h.tracepoint, h.function) for h in count_only.enabled_hooks()] == [
+        ("raw_syscalls:sys_exit", "vigil_syscalls_count"),
+    ]
+
+
+def test_latency_is_on_by_default_and_camel_case() -> None:
+    assert AgentConfig().probes.syscalls.latency is True
+    config = parse_config({"probes": {"syscalls": {"enabled": True, "latency": False}}})
+    assert config.probes.syscalls.latency is False
+    with pytest.raises(ConfigError, match=r"probes\.syscalls\.latency: "):
+        parse_config({"probes": {"syscalls": {"latency": "sometimes"}}})
+
+
 def test_compile_time_sizes() -> None:
     probe = _probe(SyscallsConfig(max_entries=512))
-    assert probe.defines() == {"SYSCALLS_RINGBUF_PAGES": 64, "SYSCALLS_STATS_MAX": 512}
+    assert probe.defines() == {
+        "SYSCALLS_LATENCY": 1,
+        "SYSCALLS_RINGBUF_PAGES": 64,
+        "SYSCALLS_STATS_MAX": 512,
+    }
+    count_only = _probe(SyscallsConfig(max_entries=512, latency=False))
+    assert count_only.defines() == {
+        "SYSCALLS_LATENCY": 0,
+        "SYSCALLS_RINGBUF_PAGES": 1,  # streams nothing
+        "SYSCALLS_STATS_MAX": 512,
+    }
+    assert not probe.update_config(SyscallsConfig(max_entries=512, latency=False))
+    assert probe.config.latency is True  # unchanged: the supervisor recompiles
     assert not probe.update_config(SyscallsConfig(max_entries=1024))
     assert probe.config.max_entries == 512  # unchanged: the supervisor recompiles
     assert probe.update_config(SyscallsConfig(max_entries=512, syscalls=("read",)))
