@@ -112,6 +112,10 @@ def main() -> None:
     parser.add_argument("--bpf-stats-runs", type=int, default=3)
     args = parser.parse_args()
     require_root()
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in a shell's background: syscount, stopped with SIGINT, would
+        # inherit the ignored disposition and never stop. A handler is reset on exec.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     storm = [str(build("syscallstorm")), str(args.calls)]
 
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
