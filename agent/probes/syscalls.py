@@ -54,9 +54,10 @@ RECORD = RecordLayout(
         ("leader_comm", "16s"),
     ]
 )
-# struct syscalls_key, and struct syscalls_stats as u64 words: count, errors,
-# then (latency mode) sum_ns and the log2 slots.
-STATS_KEY = struct.Struct("<QII")
+# The stats key, (cgroup id << ID_BITS) | syscall id, and struct syscalls_stats
+# as u64 words: count, errors, then (latency mode) sum_ns and the log2 slots.
+STATS_KEY = struct.Struct("<Q")
+ID_BITS = 9  # SYSCALLS_ID_BITS
 STATS_WORDS = 3 + LOG2_SLOTS
 STATS_SIZE = 8 * STATS_WORDS
 COUNT_WORDS = 2
@@ -269,7 +270,8 @@ class SyscallsProbe(Probe):
             )
             error = ctypes.get_errno() if result else 0
             for index in range(count.value):
-                cgroup_id, nr, _ = STATS_KEY.unpack_from(keys, index * STATS_KEY.size)
+                (key,) = STATS_KEY.unpack_from(keys, index * STATS_KEY.size)
+                cgroup_id, nr = key >> ID_BITS, key & ((1 << ID_BITS) - 1)
                 base = index * cpus * width
                 rows = [words[base + cpu * width : base + (cpu + 1) * width] for cpu in range(cpus)]
                 yield (cgroup_id, nr), [sum(column) for column in zip(*rows, strict=True)]
@@ -289,7 +291,8 @@ class SyscallsProbe(Probe):
         fd = self.bpf[b"syscalls_stats"].map_fd
         deleted = 0
         for cgroup_id, nr in keys:
-            key = ctypes.create_string_buffer(STATS_KEY.pack(cgroup_id, nr, 0), STATS_KEY.size)
+            packed = STATS_KEY.pack(cgroup_id << ID_BITS | nr)
+            key = ctypes.create_string_buffer(packed, STATS_KEY.size)
             if lib.bpf_delete_elem(fd, key) == 0:
                 deleted += 1
         return deleted

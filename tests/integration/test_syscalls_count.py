@@ -186,6 +186,7 @@ def test_count_only_stats_layout() -> None:
         }
     assert [name for name, _ in leaf_class._fields_] == ["count", "errors"]
     assert ctypes.sizeof(leaf_class) == COUNT_SIZE == probe.stats_words * 8
+    assert key_class is ctypes.c_ulong
     assert ctypes.sizeof(key_class) == STATS_KEY.size
     assert compiled == {b"vigil_syscalls_count"}  # the latency programs are left out
 
