@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +19,11 @@ from vigil.agent.probes.syscalls import (
     possible_cpus,
 )
 from vigil.api.config import AgentConfig, ConfigError, parse_config
+from vigil.api.policy import API_VERSION, parse_policy
 from vigil.api.probes.syscall_names import IDS
 from vigil.api.probes.syscalls import DEFAULT_SYSCALLS, SlowSyscalls
 from vigil.api.probes.syscalls import SyscallsProbe as SyscallsConfig
+from vigil.operator.reconcile import render
 
 
 def _probe(config: SyscallsConfig | None = None) -> SyscallsProbe:
@@ -133,6 +136,28 @@ def test_latency_is_on_by_default_and_camel_case() -> None:
     assert config.probes.syscalls.latency is False
     with pytest.raises(ConfigError, match=r"probes\.syscalls\.latency: "):
         parse_config({"probes": {"syscalls": {"latency": "sometimes"}}})
+
+
+def _policy(name: str, syscalls: dict[str, object]) -> Any:
+    return parse_policy(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ClusterProbePolicy",
+            "metadata": {"name": name},
+            "spec": {"probes": {"syscalls": syscalls}},
+        }
+    )
+
+
+def test_policies_merge_latency_as_any_and_slow_stays_valid() -> None:
+    counting = _policy("counting", {"latency": False, "slow": {"thresholdMs": 5}})
+    timing = _policy("timing", {"latency": True})
+    both = render([counting, timing]).probes.syscalls
+    assert both.latency is True  # the more detailed capture wins
+    assert both.slow.threshold_ms == 5
+    alone = render([counting]).probes.syscalls
+    assert alone.latency is False  # and its slow settings are a valid, ignored part
+    assert _probe(alone).wanted_set() == dict.fromkeys(alone.traced_ids(), NEVER_SLOW)
 
 
 def test_compile_time_sizes() -> None:
