@@ -9,10 +9,11 @@
  *   raw_syscalls:sys_enter (raw)  args[1] is the syscall id: one array lookup
  *                                 decides whether it is traced at all, then
  *                                 the start goes to task storage
- *   raw_syscalls:sys_exit (raw)   args[1] is the return value; the id and
- *                                 start come from task storage (no pt_regs
- *                                 read): a task without a traced syscall in
- *                                 flight pays one storage lookup
+ *   raw_syscalls:sys_exit (raw)   args[1] is the return value; the start
+ *                                 and stats key come from task storage: a
+ *                                 task without a traced syscall in flight
+ *                                 pays one storage lookup (checking the id
+ *                                 from pt_regs first measured ~4 ns slower)
  *
  * Count only (0): one program, no clock read, no task storage.
  *   raw_syscalls:sys_exit (raw)   the id is the task's pt_regs->orig_ax (BTF
