@@ -7,7 +7,9 @@ Each run times the storm under every variant, in an order rotated run by run:
   empty         an empty program on raw_syscalls:sys_enter: the floor every
                 raw_syscalls consumer pays (the syscall-tracing slow path)
   vigil         `vigil-agent run --probes syscalls`, default set + getppid
-                (every call counted in the kernel)
+                (every call counted and timed in the kernel)
+  vigil-count   the same with `latency: false`: count only (sys_exit alone,
+                no clock read, no histogram)
   vigil-skip    the default set, which lacks getppid (the cost of a syscall
                 outside the set)
   syscount      bcc's syscount-bpfcc (counts every syscall at sys_exit), when
@@ -17,8 +19,9 @@ Each run times the storm under every variant, in an order rotated run by run:
 Prints medians of paired ratios (variant / `none` of the same run), the ns
 each variant adds per syscall, vigil's ns above the empty floor, and (in
 separate runs with kernel.bpf_stats_enabled, which itself costs) the BPF
-run time of vigil's programs per syscall. Target (issue 6): vigil's slowdown
-below syscount's (1.95x measured earlier here).
+run time of vigil's programs per syscall. Targets (issue 6): vigil-count
+below syscount, vigil below syscount-L (1.95x measured earlier here for
+syscount).
 """
 
 from __future__ import annotations
@@ -92,9 +95,12 @@ def syscount(*options: str) -> Variant:
     return run
 
 
-def config_file(directory: Path, name: str, syscalls: tuple[str, ...]) -> Path:
+def config_file(
+    directory: Path, name: str, syscalls: tuple[str, ...], *, latency: bool = True
+) -> Path:
     path = directory / f"{name}.yaml"
-    document = {"probes": {"syscalls": {"enabled": True, "syscalls": list(syscalls)}}}
+    settings = {"enabled": True, "syscalls": list(syscalls), "latency": latency}
+    document = {"probes": {"syscalls": settings}}
     path.write_text(yaml.safe_dump(document))
     return path
 
@@ -106,15 +112,21 @@ def main() -> None:
     parser.add_argument("--bpf-stats-runs", type=int, default=3)
     args = parser.parse_args()
     require_root()
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in a shell's background: syscount, stopped with SIGINT, would
+        # inherit the ignored disposition and never stop. A handler is reset on exec.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     storm = [str(build("syscallstorm")), str(args.calls)]
 
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         traced = config_file(Path(tmp), "traced", (*DEFAULT_SYSCALLS, "getppid"))
+        counted = config_file(Path(tmp), "counted", (*DEFAULT_SYSCALLS, "getppid"), latency=False)
         skipped = config_file(Path(tmp), "skipped", DEFAULT_SYSCALLS)
         variants: dict[str, Variant] = {
             "none": no_tracing,
             "empty": empty_program,
             "vigil": vigil(traced),
+            "vigil-count": vigil(counted),
             "vigil-skip": vigil(skipped),
         }
         if shutil.which("syscount-bpfcc"):
@@ -136,7 +148,7 @@ def main() -> None:
                 flush=True,
             )
 
-        bpf_ns: dict[str, list[float]] = {"vigil": [], "vigil-skip": []}
+        bpf_ns: dict[str, list[float]] = {"vigil": [], "vigil-count": [], "vigil-skip": []}
         with BpfStats():
             for _ in range(args.bpf_stats_runs):
                 for name, figures in bpf_ns.items():
@@ -154,19 +166,17 @@ def main() -> None:
         added = [(t - b) * 1e9 / args.calls for t, b in zip(seconds[name], base, strict=True)]
         print(f"  {name:<11} slowdown (paired):   {spread(ratios)}")
         print(f"  {name:<11} added ns / syscall:  {spread(added, '{:.0f}')}")
-    for name in ("vigil", "vigil-skip"):
+    for name, figures in bpf_ns.items():
         above = [
             (t - e) * 1e9 / args.calls for t, e in zip(seconds[name], seconds["empty"], strict=True)
         ]
         print(
             f"  {name:<11} ns / syscall above the empty floor (paired): {spread(above, '{:.0f}')}"
         )
-        print(
-            f"  {name:<11} BPF run time ns / syscall (bpf_stats): {spread(bpf_ns[name], '{:.0f}')}"
-        )
+        print(f"  {name:<11} BPF run time ns / syscall (bpf_stats): {spread(figures, '{:.0f}')}")
     for other in ("syscount", "syscount-L"):
         if other in seconds:
-            for name in ("vigil", "vigil-skip"):
+            for name in bpf_ns:
                 vs = [v / s for v, s in zip(seconds[name], seconds[other], strict=True)]
                 print(f"  {name} / {other} time (paired): {spread(vs)}")
 

@@ -4,6 +4,8 @@ Kernel side: bpf/syscalls.bpf.c. Counts and log2 latency histograms are
 aggregated per (cgroup, syscall) in a per-CPU map and read by `collect()`;
 calls slower than the threshold stream as `syscall.slow` events. Which
 syscalls are traced, and the threshold, live in a map (no recompile).
+With `latency: false` the module is compiled count-only (sys_exit alone,
+no histogram): switching modes recompiles and reattaches the probe.
 
 Opt-in: the raw_syscalls tracepoints tax every syscall on the node.
 """
@@ -52,11 +54,14 @@ RECORD = RecordLayout(
         ("leader_comm", "16s"),
     ]
 )
-# struct syscalls_key, and struct syscalls_stats as u64 words: count, errors,
-# sum_ns, then the log2 slots.
-STATS_KEY = struct.Struct("<QII")
+# The stats key, (cgroup id << ID_BITS) | syscall id, and struct syscalls_stats
+# as u64 words: count, errors, then (latency mode) sum_ns and the log2 slots.
+STATS_KEY = struct.Struct("<Q")
+ID_BITS = 9  # SYSCALLS_ID_BITS
 STATS_WORDS = 3 + LOG2_SLOTS
 STATS_SIZE = 8 * STATS_WORDS
+COUNT_WORDS = 2
+COUNT_SIZE = 8 * COUNT_WORDS
 MAX_ERRNO = 4095  # the kernel returns -1 .. -4095 for errors
 
 CALLS = MetricSpec("vigil.syscall.calls", "counter", "{call}", "Syscalls completed")
@@ -102,8 +107,14 @@ class SyscallsProbe(Probe):
     hooks: ClassVar[tuple[Hook, ...]] = (
         Hook("raw_tracepoint", "raw_syscalls:sys_enter", "vigil_syscalls_enter"),
         Hook("raw_tracepoint", "raw_syscalls:sys_exit", "vigil_syscalls_exit"),
+        # Count only: the one program of that mode.
+        Hook("raw_tracepoint", "raw_syscalls:sys_exit", "vigil_syscalls_count"),
     )
-    members: ClassVar[tuple[str, ...]] = ("task_struct.group_leader", "task_struct.comm")
+    members: ClassVar[tuple[str, ...]] = (
+        "task_struct.group_leader",
+        "task_struct.comm",
+        "pt_regs.orig_ax",
+    )
     ring_buffers: ClassVar[tuple[str, ...]] = ("syscalls_events",)
     drops_map: ClassVar[str | None] = "syscalls_drops"
     event_metrics: ClassVar[tuple[EventMetric, ...]] = (
@@ -122,17 +133,31 @@ class SyscallsProbe(Probe):
         self._cpus = possible_cpus()
 
     def defines(self) -> dict[str, int | str]:
+        latency = self.config.latency
         return {
-            "SYSCALLS_RINGBUF_PAGES": self.config.ring_buffer.pages,
+            "SYSCALLS_LATENCY": int(latency),
+            # Count only streams nothing: the smallest ring buffer the kernel takes.
+            "SYSCALLS_RINGBUF_PAGES": self.config.ring_buffer.pages if latency else 1,
             "SYSCALLS_STATS_MAX": self.config.max_entries,
         }
+
+    def enabled_hooks(self) -> tuple[Hook, ...]:
+        count_only = self.hooks[2]
+        if self.config.latency:
+            return tuple(hook for hook in self.hooks if hook is not count_only)
+        return (count_only,)
+
+    @property
+    def stats_words(self) -> int:
+        """u64 words of one CPU's struct syscalls_stats in the compiled mode."""
+        return STATS_WORDS if self.config.latency else COUNT_WORDS
 
     # -- configuration ---------------------------------------------------------
 
     def wanted_set(self) -> dict[int, int]:
         """syscall id -> its syscalls_set value: the slow threshold in ns, or NEVER_SLOW."""
         config = self.config
-        threshold = config.slow.threshold_ns
+        threshold = config.slow.threshold_ns if config.latency else None
         excluded = set(config.slow.exclude)
         return {
             nr: NEVER_SLOW if threshold is None or name_of(nr) in excluded else threshold
@@ -159,8 +184,9 @@ class SyscallsProbe(Probe):
         if (
             config.ring_buffer.pages != self.config.ring_buffer.pages
             or config.max_entries != self.config.max_entries
+            or config.latency != self.config.latency
         ):
-            return False  # map sizes are fixed at compile time
+            return False  # map sizes, the stats layout and the hooks are compile-time
         self.config = config
         if self.bpf is not None:
             self.configure(self.bpf)
@@ -213,11 +239,12 @@ class SyscallsProbe(Probe):
                     "vigil.cgroup.id": cgroup_id,
                     "vigil.syscall.name": name_of(nr),
                 }
-                count, errors, sum_ns = words[:3]
+                count, errors = words[:2]
                 points.append(MetricPoint(CALLS, attrs, count))
                 points.append(MetricPoint(ERRORS, dict(attrs), errors))
-                histogram = Log2Histogram.from_slots(words[3:], sum_ns)
-                points.append(MetricPoint(DURATION, dict(attrs), histogram))
+                if len(words) == STATS_WORDS:  # latency mode
+                    histogram = Log2Histogram.from_slots(words[3:], words[2])
+                    points.append(MetricPoint(DURATION, dict(attrs), histogram))
         return points
 
     def _read_stats(self) -> Iterator[tuple[tuple[int, int], list[int]]]:
@@ -225,9 +252,9 @@ class SyscallsProbe(Probe):
         from bcc.libbcc import lib
 
         fd = self.bpf[b"syscalls_stats"].map_fd
-        cpus, batch = self._cpus, self.BATCH
+        cpus, batch, width = self._cpus, self.BATCH, self.stats_words
         keys = ctypes.create_string_buffer(STATS_KEY.size * batch)
-        values = ctypes.create_string_buffer(STATS_SIZE * cpus * batch)
+        values = ctypes.create_string_buffer(8 * width * cpus * batch)
         words = memoryview(values).cast("B").cast("Q")
         token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
         first = True
@@ -243,12 +270,10 @@ class SyscallsProbe(Probe):
             )
             error = ctypes.get_errno() if result else 0
             for index in range(count.value):
-                cgroup_id, nr, _ = STATS_KEY.unpack_from(keys, index * STATS_KEY.size)
-                base = index * cpus * STATS_WORDS
-                rows = [
-                    words[base + cpu * STATS_WORDS : base + (cpu + 1) * STATS_WORDS]
-                    for cpu in range(cpus)
-                ]
+                (key,) = STATS_KEY.unpack_from(keys, index * STATS_KEY.size)
+                cgroup_id, nr = key >> ID_BITS, key & ((1 << ID_BITS) - 1)
+                base = index * cpus * width
+                rows = [words[base + cpu * width : base + (cpu + 1) * width] for cpu in range(cpus)]
                 yield (cgroup_id, nr), [sum(column) for column in zip(*rows, strict=True)]
             if error == errno.ENOENT:
                 return  # the map is exhausted
@@ -266,7 +291,8 @@ class SyscallsProbe(Probe):
         fd = self.bpf[b"syscalls_stats"].map_fd
         deleted = 0
         for cgroup_id, nr in keys:
-            key = ctypes.create_string_buffer(STATS_KEY.pack(cgroup_id, nr, 0), STATS_KEY.size)
+            packed = STATS_KEY.pack(cgroup_id << ID_BITS | nr)
+            key = ctypes.create_string_buffer(packed, STATS_KEY.size)
             if lib.bpf_delete_elem(fd, key) == 0:
                 deleted += 1
         return deleted

@@ -322,7 +322,7 @@ def test_decoder_layouts_match_the_c_structs() -> None:
         key_class, leaf_class = stats_table.Key, stats_table.sLeaf
     assert layout.offsets == RECORD.offsets()
     assert layout.size == RECORD.size
-    assert [name for name, _ in key_class._fields_] == ["cgroup_id", "id", "reserved"]
+    assert key_class is ctypes.c_ulong  # u64: (cgroup id << ID_BITS) | syscall id
     assert ctypes.sizeof(key_class) == STATS_KEY.size
     assert [name for name, _ in leaf_class._fields_] == ["count", "errors", "sum_ns", "slots"]
     assert leaf_class.slots.offset == 24

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +19,11 @@ from vigil.agent.probes.syscalls import (
     possible_cpus,
 )
 from vigil.api.config import AgentConfig, ConfigError, parse_config
+from vigil.api.policy import API_VERSION, parse_policy
 from vigil.api.probes.syscall_names import IDS
 from vigil.api.probes.syscalls import DEFAULT_SYSCALLS, SlowSyscalls
 from vigil.api.probes.syscalls import SyscallsProbe as SyscallsConfig
+from vigil.operator.reconcile import render
 
 
 def _probe(config: SyscallsConfig | None = None) -> SyscallsProbe:
@@ -106,9 +109,72 @@ def test_no_threshold_streams_nothing() -> None:
     assert probe.wanted_set() == {0: NEVER_SLOW}
 
 
+def test_count_only_traces_the_set_and_never_streams() -> None:
+    probe = _probe(
+        SyscallsConfig(
+            syscalls=("read", "getppid"), latency=False, slow=SlowSyscalls(threshold_ms=5)
+        )
+    )
+    assert probe.wanted_set() == {0: NEVER_SLOW, 110: NEVER_SLOW}
+
+
+def test_hooks_follow_the_mode() -> None:
+    latency = _probe(SyscallsConfig())
+    assert [(h.tracepoint, h.function) for h in latency.enabled_hooks()] == [
+        ("raw_syscalls:sys_enter", "vigil_syscalls_enter"),
+        ("raw_syscalls:sys_exit", "vigil_syscalls_exit"),
+    ]
+    count_only = _probe(SyscallsConfig(latency=False))
+    assert [(h.tracepoint, h.function) for h in count_only.enabled_hooks()] == [
+        ("raw_syscalls:sys_exit", "vigil_syscalls_count"),
+    ]
+
+
+def test_latency_is_on_by_default_and_camel_case() -> None:
+    assert AgentConfig().probes.syscalls.latency is True
+    config = parse_config({"probes": {"syscalls": {"enabled": True, "latency": False}}})
+    assert config.probes.syscalls.latency is False
+    with pytest.raises(ConfigError, match=r"probes\.syscalls\.latency: "):
+        parse_config({"probes": {"syscalls": {"latency": "sometimes"}}})
+
+
+def _policy(name: str, syscalls: dict[str, object]) -> Any:
+    return parse_policy(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ClusterProbePolicy",
+            "metadata": {"name": name},
+            "spec": {"probes": {"syscalls": syscalls}},
+        }
+    )
+
+
+def test_policies_merge_latency_as_any_and_slow_stays_valid() -> None:
+    counting = _policy("counting", {"latency": False, "slow": {"thresholdMs": 5}})
+    timing = _policy("timing", {"latency": True})
+    both = render([counting, timing]).probes.syscalls
+    assert both.latency is True  # the more detailed capture wins
+    assert both.slow.threshold_ms == 5
+    alone = render([counting]).probes.syscalls
+    assert alone.latency is False  # and its slow settings are a valid, ignored part
+    assert _probe(alone).wanted_set() == dict.fromkeys(alone.traced_ids(), NEVER_SLOW)
+
+
 def test_compile_time_sizes() -> None:
     probe = _probe(SyscallsConfig(max_entries=512))
-    assert probe.defines() == {"SYSCALLS_RINGBUF_PAGES": 64, "SYSCALLS_STATS_MAX": 512}
+    assert probe.defines() == {
+        "SYSCALLS_LATENCY": 1,
+        "SYSCALLS_RINGBUF_PAGES": 64,
+        "SYSCALLS_STATS_MAX": 512,
+    }
+    count_only = _probe(SyscallsConfig(max_entries=512, latency=False))
+    assert count_only.defines() == {
+        "SYSCALLS_LATENCY": 0,
+        "SYSCALLS_RINGBUF_PAGES": 1,  # streams nothing
+        "SYSCALLS_STATS_MAX": 512,
+    }
+    assert not probe.update_config(SyscallsConfig(max_entries=512, latency=False))
+    assert probe.config.latency is True  # unchanged: the supervisor recompiles
     assert not probe.update_config(SyscallsConfig(max_entries=1024))
     assert probe.config.max_entries == 512  # unchanged: the supervisor recompiles
     assert probe.update_config(SyscallsConfig(max_entries=512, syscalls=("read",)))

@@ -5,7 +5,8 @@ every task on the node, even with empty programs (+25 to +190 ns per syscall
 on the machines measured; bcc's syscount made a getppid storm ~2x slower).
 Syscalls outside the configured set cost only an array lookup on top of
 that; the set lives in a BPF map, so changing it (or the slow threshold)
-needs no recompile.
+needs no recompile. `latency: false` (count only) attaches sys_exit alone
+and reads no clock: calls and errors, no histogram, no slow calls.
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ class SyscallsProbe(ApiModel):
 
     OPT-IN: enabling it taxes every syscall on the node, even those outside
     the set (+25 to +190 ns each on the machines measured).
+
+    `latency: false` is the cheaper count-only mode: sys_exit alone, no
+    clock read. Slow calls need a duration, so that mode streams none and
+    `slow` is ignored (a documented rule rather than an error: policies
+    merge, and a merge must never produce an invalid config).
     """
 
     enabled: bool = Field(
@@ -124,6 +130,13 @@ class SyscallsProbe(ApiModel):
         description='counted syscalls (x86_64 names); ["*"]: every syscall, each then '
         "paying the full cost",
     )
+    latency: bool = Field(
+        True,
+        description="time every counted call: vigil.syscall.duration histograms and slow "
+        "calls (two tracepoints, two clock reads per call). false: count only (calls and "
+        "errors; sys_exit alone, cheaper); slow is then ignored, no call is streamed. "
+        "Changing it recompiles the probe",
+    )
     top: int | None = Field(
         None,
         ge=1,
@@ -131,7 +144,10 @@ class SyscallsProbe(ApiModel):
         description="export only the N most called syscalls of each cgroup "
         '(typically with syscalls: ["*"]); null: all counted ones',
     )
-    slow: SlowSyscalls = SlowSyscalls()
+    slow: SlowSyscalls = Field(
+        SlowSyscalls(),
+        description="which calls stream as syscall.slow events; ignored when latency is false",
+    )
     max_entries: int = Field(
         8192,
         ge=16,
