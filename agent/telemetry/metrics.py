@@ -69,6 +69,18 @@ class Collector(Protocol):
     def collect(self) -> list[MetricPoint]: ...
 
 
+def _warn_if_redeclared(known: MetricSpec, spec: MetricSpec) -> None:
+    """Two probes declaring one metric name with different kinds: the first one stays."""
+    if known.kind != spec.kind:
+        log.warning(
+            "metric %s declared as %s and %s; keeping %s",
+            spec.name,
+            known.kind,
+            spec.kind,
+            known.kind,
+        )
+
+
 def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
@@ -390,14 +402,8 @@ class EventSums:
             known = self._series.get(spec.name)
             if known is None:
                 known = self._series[spec.name] = (spec, {})
-            elif known[0].kind != spec.kind:
-                log.warning(
-                    "metric %s declared as %s and %s; keeping %s",
-                    spec.name,
-                    known[0].kind,
-                    spec.kind,
-                    known[0].kind,
-                )
+            else:
+                _warn_if_redeclared(known[0], spec)
             return known[1]
 
     @staticmethod
@@ -524,14 +530,7 @@ class EventMetrics:
     def _instrument(self, spec: MetricSpec) -> Any:
         known = self._instruments.get(spec.name)
         if known is not None:
-            if known[0].kind != spec.kind:
-                log.warning(
-                    "metric %s declared as %s and %s; keeping %s",
-                    spec.name,
-                    known[0].kind,
-                    spec.kind,
-                    known[0].kind,
-                )
+            _warn_if_redeclared(known[0], spec)
             return known[1]
         instrument = self._meter.create_gauge(spec.name, spec.unit, spec.description)
         self._instruments[spec.name] = (spec, instrument)

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_syscalls_probe import run, stats
 from tests.support.agent import CollectingSink, running, scratch_cgroup
 from tests.support.bpf import compiled_alone
-from tests.support.selection import kernel_selection
+from tests.support.syscalls import assert_only_selected_cgroups_counted, run, stats
 from vigil.agent.probes.syscalls import COUNT_SIZE, STATS_KEY, SyscallsProbe
 from vigil.agent.runtime import Agent
 from vigil.agent.telemetry.histograms import Log2Histogram
@@ -161,14 +160,7 @@ def test_the_set_changes_live(probe: SyscallsProbe) -> None:
 
 
 def test_unselected_cgroups_are_not_counted(probe: SyscallsProbe) -> None:
-    with scratch_cgroup() as selected, scratch_cgroup() as other:
-        with kernel_selection(
-            probe.bpf, selected=[selected.stat().st_ino], unselected=[other.stat().st_ino]
-        ):
-            run("[call('getppid') for _ in range(10)]", selected)
-            run("[call('getppid') for _ in range(10)]", other)
-        assert stats(probe, selected)["vigil.syscall.calls", "getppid"] == 10
-        assert stats(probe, other) == {}
+    assert_only_selected_cgroups_counted(probe)
 
 
 def test_count_only_stats_layout() -> None:

@@ -17,13 +17,12 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support.agent import CollectingSink, running, scratch_cgroup, spawn
 from tests.support.bpf import compiled_alone, ring_buffer_layout
-from tests.support.selection import kernel_selection
+from tests.support.syscalls import WORKLOAD, assert_only_selected_cgroups_counted, run, stats
 from vigil.agent.pipeline.events import Event
 from vigil.agent.probes.syscalls import (
     RECORD,
@@ -34,35 +33,12 @@ from vigil.agent.probes.syscalls import (
 from vigil.agent.runtime import Agent
 from vigil.agent.telemetry.histograms import Log2Histogram
 from vigil.api.config import AgentConfig, parse_config
-from vigil.api.probes.syscall_names import IDS
 from vigil.api.probes.syscalls import SlowSyscalls
 from vigil.api.probes.syscalls import SyscallsProbe as SyscallsConfig
 
 pytestmark = pytest.mark.bpf
 
 TRACED = ["getppid", "fsync", "nanosleep", "futex"]
-
-# Runs in the child: `python -c WORKLOAD '<python statements>'`; `call(name, *args)`
-# makes the syscall by number and returns (result, errno).
-WORKLOAD = textwrap.dedent(
-    """
-    import ctypes, sys, time
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    NR = {nr}
-    class timespec(ctypes.Structure):
-        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-    def call(name, *args):
-        result = libc.syscall(NR[name], *args)
-        return result, ctypes.get_errno()
-    def sleep_ns(ns):
-        ts = timespec(ns // 10**9, ns % 10**9)
-        return call("nanosleep", ctypes.byref(ts), None)
-    def marker():
-        sys.stdout.write("marker\\n"); sys.stdout.flush(); sys.stdin.readline()
-    exec(sys.argv[1])
-    """
-).format(nr={name: IDS[name] for name in ("getppid", "fsync", "nanosleep", "futex")})
 
 
 def _config(**settings: object) -> AgentConfig:
@@ -88,24 +64,6 @@ def probe(syscalls_agent: tuple[Agent, CollectingSink]) -> Iterator[SyscallsProb
 @pytest.fixture
 def sink(syscalls_agent: tuple[Agent, CollectingSink]) -> CollectingSink:
     return syscalls_agent[1]
-
-
-def run(code: str, cgroup: Path) -> int:
-    """Run `code` in the workload, in `cgroup`; returns the pid once it exited with 0."""
-    child = spawn([sys.executable, "-c", WORKLOAD, code], cgroup=cgroup)
-    assert child.wait(timeout=30) == 0
-    return child.pid
-
-
-def stats(probe: SyscallsProbe, cgroup: Path) -> dict[tuple[str, str], int | Log2Histogram]:
-    """(metric, syscall) -> value of the cgroup's points in one collect()."""
-    cgroup_id = cgroup.stat().st_ino
-    found: dict[tuple[str, str], int | Log2Histogram] = {}
-    for point in probe.collect():
-        if point.attributes["vigil.cgroup.id"] == cgroup_id:
-            assert not isinstance(point.value, float)
-            found[point.spec.name, str(point.attributes["vigil.syscall.name"])] = point.value
-    return found
 
 
 def slow_events(sink: CollectingSink, pid: int, name: str, count: int = 1) -> list[Event]:
@@ -268,14 +226,7 @@ def test_top_n_keeps_the_most_called(probe: SyscallsProbe) -> None:
 
 
 def test_unselected_cgroups_cost_no_entry(probe: SyscallsProbe) -> None:
-    with scratch_cgroup() as selected, scratch_cgroup() as other:
-        with kernel_selection(
-            probe.bpf, selected=[selected.stat().st_ino], unselected=[other.stat().st_ino]
-        ):
-            run("[call('getppid') for _ in range(10)]", selected)
-            run("[call('getppid') for _ in range(10)]", other)
-        assert stats(probe, selected)["vigil.syscall.calls", "getppid"] == 10
-        assert stats(probe, other) == {}
+    assert_only_selected_cgroups_counted(probe)
 
 
 def test_full_map_is_counted_and_removed_cgroups_are_pruned() -> None:

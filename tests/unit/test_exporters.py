@@ -53,6 +53,20 @@ class GatedExporter(SpanExporter):
         self.gate.set()
 
 
+def gated_processor() -> tuple[ExportCounters, GatedExporter, CountingBatchSpanProcessor]:
+    """A processor with room for 8 spans, exporting 4 at a time into a gated exporter."""
+    counters = ExportCounters()
+    inner = GatedExporter()
+    processor = CountingBatchSpanProcessor(
+        CountingSpanExporter(inner, counters),
+        counters,
+        max_queue_size=8,
+        max_export_batch_size=4,
+        schedule_delay_millis=60_000,  # exports only when the batch size is reached
+    )
+    return counters, inner, processor
+
+
 def wait_until_taken(processor: CountingBatchSpanProcessor) -> None:
     """Until the export worker has emptied the queue (and sits at the gate)."""
     deadline = time.monotonic() + 5
@@ -62,15 +76,7 @@ def wait_until_taken(processor: CountingBatchSpanProcessor) -> None:
 
 
 def test_a_full_queue_counts_every_span_it_pushes_out() -> None:
-    counters = ExportCounters()
-    inner = GatedExporter()
-    processor = CountingBatchSpanProcessor(
-        CountingSpanExporter(inner, counters),
-        counters,
-        max_queue_size=8,
-        max_export_batch_size=4,
-        schedule_delay_millis=60_000,
-    )
+    counters, inner, processor = gated_processor()
     total = 100
     # The worker takes the first 4 (the batch size) and waits at the gate; only
     # then push the rest, so no pop races the queue-full check (which counts a
@@ -110,15 +116,7 @@ def id_span(i: int, *, sampled: bool = True) -> IdSpan:
 
 
 def test_lists_of_spans_queue_in_order_and_a_full_queue_counts_what_it_pushes_out() -> None:
-    counters = ExportCounters()
-    inner = GatedExporter()
-    processor = CountingBatchSpanProcessor(
-        CountingSpanExporter(inner, counters),
-        counters,
-        max_queue_size=8,
-        max_export_batch_size=4,
-        schedule_delay_millis=60_000,
-    )
+    counters, inner, processor = gated_processor()
     # The worker takes the first 4 at once (the queue reached the batch size)
     # and waits at the gate; the rest queue behind it, 8 at most.
     processor.on_end_many([id_span(i) for i in range(4)])
