@@ -15,7 +15,6 @@ Threads: the lister thread writes (``replace_all``), the pipeline reads
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -23,9 +22,10 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from vigil.agent.enrich.pods import read_json
+
 if TYPE_CHECKING:
     import kubernetes
-    import urllib3
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,7 @@ class NamespaceCache:
         response = api.list_namespace(
             resource_version="0", _preload_content=False, _request_timeout=(5.0, 30.0)
         )
-        raw: urllib3.HTTPResponse = response  # type: ignore[assignment]  # raw, not V1NamespaceList
-        try:
-            body = json.loads(raw.data)
-        finally:
-            raw.release_conn()
+        body = read_json(response)
         items = body.get("items") or []
         self.replace_all(item for item in items if isinstance(item, Mapping))
         self.counters["lists"] += 1

@@ -437,11 +437,7 @@ class PodWatcher:
             _preload_content=False,
             _request_timeout=(_CONNECT_TIMEOUT, _LIST_READ_TIMEOUT),
         )
-        raw: urllib3.HTTPResponse = response  # type: ignore[assignment]  # raw, not V1PodList
-        try:
-            body = json.loads(raw.data)
-        finally:
-            raw.release_conn()
+        body = read_json(response)
         items = body.get("items") or []
         resource_version = str(_mapping(body.get("metadata")).get("resourceVersion") or "")
         self._cache.replace_all(items)
@@ -531,6 +527,16 @@ class PodWatcher:
         delay = random.uniform(self._backoff / 2, self._backoff)
         self._backoff = min(self._backoff * 2, self._backoff_max)
         self._stopping.wait(delay)
+
+
+def read_json(response: object) -> Any:
+    """The JSON body of a list call made with _preload_content=False; the connection goes
+    back to the pool."""
+    raw: urllib3.HTTPResponse = response  # type: ignore[assignment]  # raw, not a V1...List
+    try:
+        return json.loads(raw.data)
+    finally:
+        raw.release_conn()
 
 
 def _lines(response: urllib3.HTTPResponse) -> Iterator[bytes]:

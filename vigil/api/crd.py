@@ -55,36 +55,8 @@ _RULES_BY_MODEL: Mapping[str, list[JSON]] = {
     ],
 }
 
-# JSONSchemaProps fields the converter may emit (a subset of what Kubernetes accepts).
-_ALLOWED_KEYS = frozenset(
-    {
-        "type",
-        "description",
-        "properties",
-        "required",
-        "items",
-        "additionalProperties",
-        "enum",
-        "default",
-        "nullable",
-        "format",
-        "pattern",
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "minLength",
-        "maxLength",
-        "minItems",
-        "maxItems",
-        "minProperties",
-        "maxProperties",
-        "x-kubernetes-validations",
-        "x-kubernetes-preserve-unknown-fields",
-        "x-kubernetes-list-type",
-        "x-kubernetes-list-map-keys",
-    }
-)
+# JSONSchemaProps fields the converter may emit (a subset of what Kubernetes
+# accepts), in the order they are written.
 _KEY_ORDER = (
     "type",
     "description",
@@ -112,6 +84,8 @@ _KEY_ORDER = (
     "x-kubernetes-list-map-keys",
     "x-kubernetes-validations",
 )
+_ALLOWED_KEYS = frozenset(_KEY_ORDER)
+_KEY_RANK = {key: index for index, key in enumerate(_KEY_ORDER)}
 _TYPES = {"object", "array", "string", "integer", "number", "boolean"}
 
 
@@ -179,8 +153,7 @@ def _rule(rule: Mapping[str, Any]) -> JSON:
 
 
 def _ordered(node: JSON) -> JSON:
-    rank = {key: index for index, key in enumerate(_KEY_ORDER)}
-    return dict(sorted(node.items(), key=lambda item: rank.get(item[0], len(rank))))
+    return dict(sorted(node.items(), key=lambda item: _KEY_RANK.get(item[0], len(_KEY_RANK))))
 
 
 def _status_schema() -> JSON:
