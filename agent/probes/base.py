@@ -13,7 +13,7 @@ import ctypes
 import logging
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -128,8 +128,13 @@ class Probe(abc.ABC):
         """Turn one ring buffer record into an event; raise DecodeError if malformed."""
 
     def decode_batch(self, records: Sequence[bytes]) -> list[Event]:
+        return self._decode_each(records, self.decode)
+
+    def _decode_each(
+        self, records: Sequence[bytes], decode: Callable[[bytes], Event]
+    ) -> list[Event]:
+        """`decode` over a batch; undecodable records are counted and skipped."""
         events = []
-        decode = self.decode
         for record in records:
             try:
                 events.append(decode(record))

@@ -132,11 +132,6 @@ def _ipv6(raw: bytes) -> tuple[str, bool]:
     return socket.inet_ntop(socket.AF_INET6, raw), False
 
 
-def _address(family: int, raw: bytes) -> tuple[str, bool]:
-    """(text, is IPv4) of a record address; IPv4-mapped IPv6 counts as IPv4."""
-    return (_ipv4(raw), True) if family == AF_INET else _ipv6(raw)
-
-
 @functools.lru_cache(maxsize=4096)
 def _comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
@@ -162,6 +157,8 @@ _USED = struct.Struct(
 assert _USED.size == RECORD.size
 assert RECORD.offsets()["daddr"] == RECORD.offsets()["saddr"] + 16
 
+_DIRECTION_COUNT = len(DIRECTIONS)
+
 # (family, local + peer address bytes) -> (network.type, local, peer), bounded.
 _ENDPOINTS: dict[tuple[int, bytes], tuple[str, str, str]] = {}
 _ENDPOINTS_MAX = 4096
@@ -181,8 +178,10 @@ def _endpoints(family: int, addresses: bytes) -> tuple[str, str, str]:
     return found
 
 
-def _event(fields: tuple[Any, ...], offset_ns: int) -> Event:
-    """The event of one record's used fields (see _USED); DecodeError if malformed."""
+def _event(offset_ns: int, record: bytes) -> Event:
+    """The event of one record (only its used fields: see _USED); DecodeError if malformed."""
+    if len(record) < RECORD.size:
+        raise DecodeError(f"record of {len(record)} bytes, needs {RECORD.size}")
     (
         ts,
         start_ns,
@@ -200,7 +199,7 @@ def _event(fields: tuple[Any, ...], offset_ns: int) -> Event:
         oldstate,
         addresses,
         comm,
-    ) = fields
+    ) = _USED.unpack_from(record)
     network_type, local, peer = _ENDPOINTS.get((family, addresses)) or _endpoints(family, addresses)
     if direction >= _DIRECTION_COUNT:
         raise DecodeError(f"unknown direction {direction}")
@@ -231,9 +230,6 @@ def _event(fields: tuple[Any, ...], offset_ns: int) -> Event:
     if error:
         attrs["error.type"] = errno.errorcode.get(error, str(error))
     return Event(KIND, ts + offset_ns, attrs)
-
-
-_DIRECTION_COUNT = len(DIRECTIONS)
 
 
 def retransmit_tracepoint_has_err(tracefs: Path | None) -> bool:
@@ -369,21 +365,9 @@ class TcpProbe(Probe):
     # -- decoding ------------------------------------------------------------
 
     def decode(self, record: bytes) -> Event:
-        if len(record) < RECORD.size:
-            raise DecodeError(f"record of {len(record)} bytes, needs {RECORD.size}")
-        return _event(_USED.unpack_from(record), self.context.clock.offset_ns)
+        return _event(self.context.clock.offset_ns, record)
 
     def decode_batch(self, records: Sequence[bytes]) -> list[Event]:
-        """decode() over a batch, with the clock offset and lookups taken once."""
-        events: list[Event] = []
-        append, unpack, size = events.append, _USED.unpack_from, RECORD.size
+        """decode() over a batch, with the clock offset read once."""
         offset_ns = self.context.clock.offset_ns
-        for record in records:
-            try:
-                if len(record) < size:
-                    raise DecodeError(f"record of {len(record)} bytes, needs {size}")
-                append(_event(unpack(record), offset_ns))
-            except DecodeError as exc:
-                self.counters.decode_errors += 1
-                log.debug("%s: %s", self.name, exc)
-        return events
+        return self._decode_each(records, functools.partial(_event, offset_ns))
