@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.cli import AGENT, Stderr
+from tests.support.cli import AGENT, Stderr, refused
 from vigil.api.events import EventRecord
 
 
@@ -98,8 +98,5 @@ def test_rule_added_live_then_a_bad_config_refused(tmp_path: Path) -> None:
 def test_invalid_rule_at_start_names_file_and_field(tmp_path: Path) -> None:
     config = tmp_path / "agent.yaml"
     config.write_text("policies: [{name: p, rules: [{name: r, expression: 'attributes['}]}]\n")
-    result = subprocess.run(
-        [*AGENT, "run", "--config", str(config)], capture_output=True, check=False
-    )
-    assert result.returncode == 2
-    assert f"{config}: policies.0.rules.0.expression: not a valid CEL".encode() in result.stderr
+    stderr = refused("--config", str(config))
+    assert f"{config}: policies.0.rules.0.expression: not a valid CEL".encode() in stderr

@@ -11,6 +11,13 @@ import time
 AGENT = [sys.executable, "-m", "vigil.agent.cli"]
 
 
+def refused(*args: str) -> bytes:
+    """Stderr of `vigil-agent run ARGS`, which must refuse to start (exit code 2: bad input)."""
+    result = subprocess.run([*AGENT, "run", *args], capture_output=True, check=False)
+    assert result.returncode == 2, result.stderr.decode()
+    return result.stderr
+
+
 class Stderr:
     """The agent's log, read as it comes."""
 
