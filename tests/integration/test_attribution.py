@@ -188,13 +188,10 @@ def kube(tmp_path: Path) -> Iterator[tuple[FakeKubeAPI, Agent, CollectingSink]]:
             }
         }
     )
-    sink = CollectingSink()
-    agent = Agent(config, sinks=[sink], probes=["process"])
-    agent.start()
     try:
-        yield api, agent, sink
+        with running(config, ["process"]) as (agent, sink):
+            yield api, agent, sink
     finally:
-        agent.stop()
         api.stop()
 
 

@@ -410,12 +410,8 @@ def test_connection_opened_before_the_agent_started_is_reported_at_close() -> No
 
 
 def test_without_accept_tracking_server_connections_carry_the_listeners_cgroup() -> None:
-    require_bpf()
     config = parse_config({"probes": {"tcp": {"enabled": True, "acceptOwner": False}}})
-    sink = CollectingSink()
-    agent = Agent(config, sinks=[sink], probes=["tcp"])
-    agent.start()
-    try:
+    with running(config, ["tcp"]) as (agent, sink):
         attached = {hook.tracepoint for hook, _link in agent.probes["tcp"]._attached}
         assert attached == {"sock:inet_sock_set_state", "tcp:tcp_retransmit_skb"}
         with scratch_cgroup() as server_cgroup, scratch_cgroup() as client_cgroup:
@@ -423,8 +419,6 @@ def test_without_accept_tracking_server_connections_carry_the_listeners_cgroup()
                 peers.run()
             [server] = exactly(sink, closes_at(peers.port, peers.client_ports[0]), 1)
             assert server.attributes["vigil.cgroup.id"] == server_cgroup.stat().st_ino
-    finally:
-        agent.stop()
     attrs = server.attributes
     assert attrs["vigil.tcp.direction"] == "server"
     assert attrs["vigil.tcp.owner_unknown"] is True
