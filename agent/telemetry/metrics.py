@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -281,10 +281,57 @@ class PrometheusReader(_AppendingReader, PrometheusMetricReader):
 
 # -- event-fed instruments ---------------------------------------------------------
 
-# Distinct attribute sets kept per event-fed histogram (the SDK's default
+# Distinct attribute sets kept per event-fed metric (the SDK's default
 # cardinality limit); more land in one `otel.metric.overflow=true` point.
-HISTOGRAM_CARDINALITY = 2000
+CARDINALITY = 2000
 _OVERFLOW: AttributeKey = (("otel.metric.overflow", True),)
+
+V = TypeVar("V")
+
+
+class _EventSeries(Generic[V]):
+    """Per metric, per attribute set: what events added up (thread-safe).
+
+    The SDK's instruments cost 5-20 us a call here (a measurement object, a
+    context lookup, an exemplar reservoir, a lock per reader), more than the
+    rest of an event's handling; the subclasses add up in plain Python and
+    hand the totals to every reader with the kernel aggregates, as points of
+    the same scope and shape the SDK's would have (cumulative).
+    """
+
+    def __init__(self, *, start_time_ns: int) -> None:
+        self.start_time_ns = start_time_ns
+        self.lock = threading.Lock()
+        self._series: dict[str, tuple[MetricSpec, dict[Any, V]]] = {}
+
+    def _registered(self, spec: MetricSpec) -> dict[Any, V]:
+        with self.lock:
+            known = self._series.get(spec.name)
+            if known is None:
+                known = self._series[spec.name] = (spec, {})
+            else:
+                _warn_if_redeclared(known[0], spec)
+            return known[1]
+
+    def _snapshot(self, copy: Callable[[V], V]) -> list[tuple[MetricSpec, list[tuple[Any, V]]]]:
+        """Copies of the non-empty series, taken under the lock."""
+        with self.lock:
+            return [
+                (spec, [(key, copy(value)) for key, value in series.items()])
+                for spec, series in self._series.values()
+                if series
+            ]
+
+
+def _new_entry(series: dict[Any, V], key: Any, new: Callable[[Any], V]) -> V:
+    """The entry of a key not in `series` yet; past the limit, the one overflow entry."""
+    if len(series) >= CARDINALITY:
+        key = _OVERFLOW
+        entry = series.get(key)
+        if entry is not None:
+            return entry
+    entry = series[key] = new(key)
+    return entry
 
 
 @dataclass(slots=True)
@@ -295,41 +342,24 @@ class _Buckets:
     min: float = math.inf
     max: float = -math.inf
 
+    def copy(self) -> _Buckets:
+        return _Buckets(list(self.counts), self.sum, self.count, self.min, self.max)
 
-class EventHistograms:
-    """Cumulative explicit-bucket histograms fed by events (thread-safe).
 
-    The SDK's Histogram.record costs 5-8 us per value here (a measurement
-    object, context lookup, attribute hashing, exemplar filter and a lock per
-    reader), more than the rest of an exit event's handling; this is a bisect
-    and three additions. The data reach every reader with the kernel
-    aggregates, as points of the same instrumentation scope as the SDK's.
-    """
-
-    def __init__(self, *, start_time_ns: int) -> None:
-        self.start_time_ns = start_time_ns
-        self.lock = threading.Lock()
-        self._series: dict[str, tuple[MetricSpec, tuple[float, ...], dict[Any, _Buckets]]] = {}
+class EventHistograms(_EventSeries[_Buckets]):
+    """Cumulative explicit-bucket histograms fed by events: a bisect and three
+    additions per value, where the SDK's Histogram.record cost 5-8 us."""
 
     def series(self, spec: MetricSpec) -> tuple[tuple[float, ...], dict[Any, _Buckets]]:
         """The bounds and per-attribute-set buckets of `spec` (created on first use)."""
-        with self.lock:
-            known = self._series.get(spec.name)
-            if known is None:
-                bounds = spec.buckets or DEFAULT_BUCKETS
-                known = self._series[spec.name] = (spec, bounds, {})
-            return known[1], known[2]
+        return _bounds(spec), self._registered(spec)
 
     @staticmethod
     def add(bounds: tuple[float, ...], series: dict[Any, _Buckets], key: Any, value: float) -> None:
         """Caller holds `lock`. Buckets are upper-inclusive, like the SDK's."""
         buckets = series.get(key)
         if buckets is None:
-            if len(series) >= HISTOGRAM_CARDINALITY:
-                key = _OVERFLOW
-                buckets = series.get(key)
-            if buckets is None:
-                buckets = series[key] = _Buckets([0] * (len(bounds) + 1))
+            buckets = _new_entry(series, key, lambda _key: _Buckets([0] * (len(bounds) + 1)))
         buckets.counts[bisect.bisect_left(bounds, value)] += 1
         buckets.sum += value
         buckets.count += 1
@@ -337,21 +367,9 @@ class EventHistograms:
         buckets.max = max(buckets.max, value)
 
     def metrics(self, time_ns: int) -> list[Metric]:
-        with self.lock:
-            snapshot = [
-                (
-                    spec,
-                    bounds,
-                    [
-                        (key, _Buckets(list(b.counts), b.sum, b.count, b.min, b.max))
-                        for key, b in series.items()
-                    ],
-                )
-                for spec, bounds, series in self._series.values()
-                if series
-            ]
         metrics = []
-        for spec, bounds, points in snapshot:
+        for spec, points in self._snapshot(_Buckets.copy):
+            bounds = _bounds(spec)
             data_points = [
                 HistogramDataPoint(
                     attributes=dict(key),
@@ -380,31 +398,14 @@ class EventHistograms:
         return metrics
 
 
-class EventSums:
-    """Cumulative sums (counters, up-down counters) fed by events (thread-safe).
-
-    The SDK's Counter.add costs 10-20 us a call here (a measurement object, an
-    exemplar reservoir, a lock per reader), and the pipeline calls it per
-    attribute set of every batch, which under an exec storm means every few
-    events: vigil adds up itself and hands the totals to every reader with
-    the histograms, as points of the same scope and shape the SDK's would have
-    (cumulative; int totals stay ints).
-    """
-
-    def __init__(self, *, start_time_ns: int) -> None:
-        self.start_time_ns = start_time_ns
-        self.lock = threading.Lock()
-        self._series: dict[str, tuple[MetricSpec, dict[AttributeKey, list[Any]]]] = {}
+class EventSums(_EventSeries[list[Any]]):
+    """Cumulative sums (counters, up-down counters) fed by events. The SDK's
+    Counter.add would run per attribute set of every pipeline batch, which
+    under an exec storm means every few events; int totals stay ints."""
 
     def series(self, spec: MetricSpec) -> dict[AttributeKey, list[Any]]:
         """Per sorted attribute key: [attributes, total] (created on first use)."""
-        with self.lock:
-            known = self._series.get(spec.name)
-            if known is None:
-                known = self._series[spec.name] = (spec, {})
-            else:
-                _warn_if_redeclared(known[0], spec)
-            return known[1]
+        return self._registered(spec)
 
     @staticmethod
     def add(
@@ -416,20 +417,12 @@ class EventSums:
         """Caller holds `lock`. Past the cardinality limit, totals go to one overflow point."""
         entry = series.get(key)
         if entry is None:
-            if len(series) >= HISTOGRAM_CARDINALITY:
-                key, attributes = _OVERFLOW, dict(_OVERFLOW)
-                entry = series.get(key)
-            if entry is None:
-                entry = series[key] = [attributes, 0]
+            entry = _new_entry(
+                series, key, lambda key: [dict(key) if key is _OVERFLOW else attributes, 0]
+            )
         entry[1] += total
 
     def metrics(self, time_ns: int) -> list[Metric]:
-        with self.lock:
-            snapshot = [
-                (spec, [(attributes, total) for attributes, total in series.values()])
-                for spec, series in self._series.values()
-                if series
-            ]
         return [
             Metric(
                 name=spec.name,
@@ -443,14 +436,18 @@ class EventSums:
                             time_unix_nano=time_ns,
                             value=total,
                         )
-                        for attributes, total in points
+                        for _key, (attributes, total) in points
                     ],
                     aggregation_temporality=AggregationTemporality.CUMULATIVE,
                     is_monotonic=spec.kind == "counter",
                 ),
             )
-            for spec, points in snapshot
+            for spec, points in self._snapshot(list)
         ]
+
+
+def _bounds(spec: MetricSpec) -> tuple[float, ...]:
+    return spec.buckets or DEFAULT_BUCKETS
 
 
 # The SDK's default explicit bounds, for event histograms that declare none.
@@ -486,7 +483,7 @@ class _Bound:
             attributes = {k: v for k, v in zip(self.keys, values, strict=True) if v is not None}
             attributes.update(self.metric.constant_attributes)
             found = (attributes, _key(attributes))
-            if len(self.cache) < HISTOGRAM_CARDINALITY:
+            if len(self.cache) < CARDINALITY:
                 self.cache[values] = found
         return found
 

@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 
 import pytest
 from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_ERROR
-from opentelemetry.sdk.metrics.export import Sum
+from opentelemetry.sdk.metrics.export import Histogram, Sum
 
 from tests.support.otlp_receiver import OtlpReceiver
 from vigil.agent.pipeline.events import Event
 from vigil.agent.telemetry.export import Telemetry
 from vigil.agent.telemetry.histograms import LOG2_SLOTS, Log2Histogram
-from vigil.agent.telemetry.metrics import HISTOGRAM_CARDINALITY, EventSums
+from vigil.agent.telemetry.metrics import CARDINALITY, EventHistograms, EventSums
 from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.api.events import AttributeValue
 from vigil.api.export import Export, Metrics, Otlp, Spans
@@ -308,7 +308,7 @@ def test_event_sums_keep_kind_and_int_totals_and_bound_their_attribute_sets() ->
     with sums.lock:
         EventSums.add(up_down, (("a", 1),), {"a": 1}, 3)
         EventSums.add(up_down, (("a", 1),), {"a": 1}, -1)
-        for i in range(HISTOGRAM_CARDINALITY + 5):
+        for i in range(CARDINALITY + 5):
             EventSums.add(counter, (("i", i),), {"i": i}, 1)
     by_name = {metric.name: metric for metric in sums.metrics(9)}
     opened = by_name["vigil.test.open"].data
@@ -320,6 +320,23 @@ def test_event_sums_keep_kind_and_int_totals_and_bound_their_attribute_sets() ->
     calls = by_name["vigil.test.calls"].data
     assert isinstance(calls, Sum)
     assert calls.is_monotonic
-    assert len(calls.data_points) == HISTOGRAM_CARDINALITY + 1
+    assert len(calls.data_points) == CARDINALITY + 1
     overflow = [p for p in calls.data_points if p.attributes == {"otel.metric.overflow": True}]
     assert [p.value for p in overflow] == [5]
+
+
+def test_event_histograms_bound_their_attribute_sets() -> None:
+    histograms = EventHistograms(start_time_ns=5)
+    spec = MetricSpec("vigil.test.wait", "histogram", "s", "test", buckets=(1.0, 10.0))
+    bounds, series = histograms.series(spec)
+    with histograms.lock:
+        for i in range(CARDINALITY + 3):
+            EventHistograms.add(bounds, series, (("i", i),), 5.0)
+        EventHistograms.add(bounds, series, (("i", CARDINALITY + 9),), 20.0)
+    [metric] = histograms.metrics(9)
+    assert isinstance(metric.data, Histogram)
+    points = metric.data.data_points
+    assert len(points) == CARDINALITY + 1
+    [overflow] = [p for p in points if p.attributes == {"otel.metric.overflow": True}]
+    assert (overflow.count, overflow.sum, list(overflow.bucket_counts)) == (4, 35.0, [0, 3, 1])
+    assert (overflow.min, overflow.max, tuple(overflow.explicit_bounds)) == (5.0, 20.0, bounds)
