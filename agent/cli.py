@@ -100,8 +100,8 @@ def _telemetry(config: AgentConfig, args: argparse.Namespace) -> Telemetry | Non
 
 def _run(args: argparse.Namespace) -> int:
     from vigil.agent.config_watch import ConfigWatcher, read_config
+    from vigil.agent.pipeline.sink import Sink
     from vigil.agent.runtime import Agent, AgentError
-    from vigil.agent.sinks.base import Sink
     from vigil.agent.telemetry.provider import TelemetryError
 
     telemetry = None

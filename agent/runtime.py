@@ -32,6 +32,7 @@ from vigil.agent.enrich.processes import ProcessTable
 from vigil.agent.kernel import compiler, mounts
 from vigil.agent.pipeline.dispatch import Dispatcher, Stage
 from vigil.agent.pipeline.ringbuf import RingBufferReader
+from vigil.agent.pipeline.sink import Sink
 from vigil.agent.pipeline.timefmt import MonotonicClock
 from vigil.agent.probes import registry
 from vigil.agent.probes.base import Probe, ProbeContext, ProbeError
@@ -41,7 +42,6 @@ from vigil.agent.selection.kernel import KernelSelection
 from vigil.agent.selection.policies import PolicySet, compile_policies
 from vigil.agent.selection.stage import PolicyStage
 from vigil.agent.selection.subjects import SubjectResolver
-from vigil.agent.sinks.base import Sink
 from vigil.api.config import AgentConfig, ConfigError
 
 log = logging.getLogger("vigil.agent")

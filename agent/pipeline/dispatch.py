@@ -18,8 +18,8 @@ from typing import Protocol
 
 from vigil.agent.pipeline.counters import LatencyTracker
 from vigil.agent.pipeline.events import Event
-from vigil.agent.probes.base import Probe
-from vigil.agent.sinks.base import Sink
+from vigil.agent.pipeline.sink import Sink
+from vigil.agent.pipeline.source import Source
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,17 @@ class Dispatcher:
     ) -> None:
         self._stages = list(stages)
         self._sinks = list(sinks)
-        self._queue: queue.Queue[tuple[Probe, list[bytes]] | None] = queue.Queue(max_batches)
+        self._queue: queue.Queue[tuple[Source, list[bytes]] | None] = queue.Queue(max_batches)
         self._thread: threading.Thread | None = None
         self.events_out = 0
         self.latency = LatencyTracker()
 
-    def submit(self, probe: Probe, records: list[bytes]) -> None:
+    def submit(self, source: Source, records: list[bytes]) -> None:
         """Called on the ring buffer thread; never blocks."""
         try:
-            self._queue.put_nowait((probe, records))
+            self._queue.put_nowait((source, records))
         except queue.Full:
-            probe.counters.dropped_queue += len(records)
+            source.counters.dropped_queue += len(records)
 
     def _run_stages(self, events: list[Event], first: int = 0) -> None:
         for stage in self._stages[first:]:
@@ -86,8 +86,8 @@ class Dispatcher:
                 if item is None:
                     self._flush(final=True)
                     return
-                probe, records = item
-                self._run_stages(probe.decode_batch(records))
+                source, records = item
+                self._run_stages(source.decode_batch(records))
             if time.monotonic() >= next_tick:
                 self._flush()
                 next_tick = time.monotonic() + TICK_SECONDS

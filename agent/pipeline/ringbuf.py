@@ -25,11 +25,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vigil.agent.probes.base import Probe
+from vigil.agent.pipeline.source import Source
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[Probe, list[bytes]], None]
+Deliver = Callable[[Source, list[bytes]], None]
 
 # include/uapi/linux/bpf.h: each record starts with an 8-byte header whose first
 # u32 is its length, with these flags, and records are 8-byte aligned.
@@ -98,7 +98,7 @@ class RingBufferReader:
     def __init__(
         self,
         bpf: Any,
-        probes: Sequence[Probe],
+        sources: Sequence[Source],
         deliver: Deliver,
         *,
         drain_interval_ms: int = 50,
@@ -109,7 +109,7 @@ class RingBufferReader:
         self._interval_ms = drain_interval_ms
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pending: list[tuple[Probe, list[bytes]]] = []
+        self._pending: list[tuple[Source, list[bytes]]] = []
         self._callbacks: list[Any] = []
         self._rings: list[tuple[MappedRing, list[bytes]]] = []
         self._epoll: select.epoll | None = select.epoll() if mapped else None
@@ -118,11 +118,11 @@ class RingBufferReader:
         # process record read in a cycle has its cgroup record read in the same
         # (or an earlier) cycle; handing metadata batches over FIRST then puts
         # them ahead in the pipeline.
-        for probe in sorted(probes, key=lambda p: p.metadata):
-            for name in probe.ring_buffers:
-                self._open(probe, name)
+        for source in sorted(sources, key=lambda s: s.metadata):
+            for name in source.ring_buffers:
+                self._open(source, name)
 
-    def _open(self, probe: Probe, map_name: str) -> None:
+    def _open(self, source: Source, map_name: str) -> None:
         records: list[bytes] = []
         table = self._bpf[map_name.encode()]
         if self._epoll is not None:
@@ -139,7 +139,7 @@ class RingBufferReader:
 
             table.open_ring_buffer(on_record)
             self._callbacks.append(on_record)
-        self._pending.append((probe, records))
+        self._pending.append((source, records))
 
     def _consume(self) -> None:
         if self._epoll is None:
@@ -162,13 +162,13 @@ class RingBufferReader:
 
     def _hand_over(self) -> int:
         total = 0
-        for probe, records in reversed(self._pending):
+        for source, records in reversed(self._pending):
             if records:
                 batch = records[:]
                 records.clear()
-                probe.counters.received += len(batch)
+                source.counters.received += len(batch)
                 total += len(batch)
-                self._deliver(probe, batch)
+                self._deliver(source, batch)
         return total
 
     def _run(self) -> None:

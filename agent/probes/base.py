@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Literal
 
 from vigil.agent.pipeline.counters import ProbeCounters
 from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.samples import EventMetric, MetricPoint
 from vigil.agent.pipeline.timefmt import MonotonicClock
-from vigil.agent.telemetry.samples import EventMetric, MetricPoint
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Probe(abc.ABC):
     # Metadata probes (cgroups) describe what other probes' events refer to:
     # their records must reach the pipeline before the records that need them.
     metadata: ClassVar[bool] = False
-    # Instruments fed by this probe's events (see vigil.agent.telemetry.samples).
+    # Instruments fed by this probe's events (see vigil.agent.pipeline.samples).
     event_metrics: ClassVar[tuple[EventMetric, ...]] = ()
 
     def __init__(self, context: ProbeContext, config: Any = None) -> None:

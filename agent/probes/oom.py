@@ -29,9 +29,9 @@ import ctypes
 from typing import Any, ClassVar
 
 from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.samples import EventMetric, MetricSpec
 from vigil.agent.pipeline.timefmt import rfc3339_ns
 from vigil.agent.probes.base import DecodeError, Hook, Probe, RecordLayout
-from vigil.agent.telemetry.samples import EventMetric, MetricSpec
 from vigil.api.events import AttributeValue
 from vigil.api.probes.oom import OomProbe as OomProbeConfig
 

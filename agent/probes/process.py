@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.redaction import Redactor
+from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.agent.pipeline.timefmt import parse_rfc3339_ns, rfc3339_ns
 from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext, RecordLayout
-from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.api.config import ProcessProbe as ProcessProbeConfig
 from vigil.api.events import AttributeValue
 

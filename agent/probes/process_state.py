@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 
 from vigil.agent.kernel import mounts
 from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.samples import MetricPoint
 from vigil.agent.probes import cgroup_maps
 from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext
 from vigil.agent.probes.process import PROCESS_STATE
-from vigil.agent.telemetry.samples import MetricPoint
 from vigil.api.probes.process_state import ProcessStateProbe as ProcessStateConfig
 
 log = logging.getLogger(__name__)

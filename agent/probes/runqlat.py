@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
+from vigil.agent.pipeline.samples import MetricPoint, MetricSpec
 from vigil.agent.probes import cgroup_maps
 from vigil.agent.probes.base import DecodeError, Hook, Probe
-from vigil.agent.telemetry.histograms import LOG2_SLOTS, Log2Histogram
-from vigil.agent.telemetry.samples import MetricPoint, MetricSpec
 from vigil.api.events import AttributeValue
 from vigil.api.probes.runqlat import RunqlatProbe as RunqlatConfig
 

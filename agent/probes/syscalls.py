@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 from vigil.agent.kernel import mounts
 from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
+from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext, RecordLayout
-from vigil.agent.telemetry.histograms import LOG2_SLOTS, Log2Histogram
-from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.api.events import AttributeValue
 from vigil.api.probes.syscall_names import name_of
 from vigil.api.probes.syscalls import SyscallsProbe as SyscallsProbeConfig

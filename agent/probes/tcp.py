@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 from vigil.agent.kernel import features, mounts
 from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.agent.probes.base import DecodeError, Hook, Probe, RecordLayout
-from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.api.events import AttributeValue
 from vigil.api.probes.tcp import TcpProbe as TcpProbeConfig
 

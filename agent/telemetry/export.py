@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from vigil import __version__
+from vigil.agent.pipeline.samples import EventMetric, MetricSpec
 from vigil.agent.probes.base import Probe
 from vigil.agent.telemetry import provider
 from vigil.agent.telemetry.exporters import (
@@ -51,7 +52,6 @@ from vigil.agent.telemetry.metrics import (
     PrometheusReader,
     register_health,
 )
-from vigil.agent.telemetry.samples import EventMetric, MetricSpec
 from vigil.agent.telemetry.spans import ProcessSpans
 from vigil.api.events import AttributeValue
 from vigil.api.export import Export

@@ -46,9 +46,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from vigil import __version__
 from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.histograms import Log2Histogram, explicit_buckets
+from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec, one_per_event
 from vigil.agent.telemetry.exporters import ExportCounters
-from vigil.agent.telemetry.histograms import Log2Histogram, explicit_buckets
-from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec, one_per_event
 from vigil.api.events import AttributeValue
 
 log = logging.getLogger(__name__)

@@ -34,6 +34,7 @@ from tests.support.agent import CollectingSink, scratch_cgroup, spawn
 from tests.support.bpf import require_bpf
 from tests.support.selection import kernel_selection
 from vigil.agent.kernel import compiler
+from vigil.agent.pipeline.histograms import Log2Histogram
 from vigil.agent.probes.runqlat import (
     PREEMPTIONS,
     RUNQUEUE_LATENCY,
@@ -42,7 +43,6 @@ from vigil.agent.probes.runqlat import (
     RunqlatProbe,
 )
 from vigil.agent.runtime import Agent
-from vigil.agent.telemetry.histograms import Log2Histogram
 from vigil.api.config import AgentConfig, parse_config
 from vigil.api.probes.runqlat import RunqlatProbe as RunqlatConfig
 

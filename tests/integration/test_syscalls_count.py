@@ -20,9 +20,9 @@ import pytest
 from tests.support.agent import CollectingSink, running, scratch_cgroup
 from tests.support.bpf import compiled_alone
 from tests.support.syscalls import assert_only_selected_cgroups_counted, run, stats
+from vigil.agent.pipeline.histograms import Log2Histogram
 from vigil.agent.probes.syscalls import COUNT_SIZE, STATS_KEY, SyscallsProbe
 from vigil.agent.runtime import Agent
-from vigil.agent.telemetry.histograms import Log2Histogram
 from vigil.api.config import AgentConfig, parse_config
 from vigil.api.probes.syscalls import SyscallsProbe as SyscallsConfig
 

@@ -24,6 +24,7 @@ from tests.support.agent import CollectingSink, running, scratch_cgroup, spawn
 from tests.support.bpf import compiled_alone, ring_buffer_layout
 from tests.support.syscalls import WORKLOAD, assert_only_selected_cgroups_counted, run, stats
 from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.histograms import Log2Histogram
 from vigil.agent.probes.syscalls import (
     RECORD,
     STATS_KEY,
@@ -31,7 +32,6 @@ from vigil.agent.probes.syscalls import (
     SyscallsProbe,
 )
 from vigil.agent.runtime import Agent
-from vigil.agent.telemetry.histograms import Log2Histogram
 from vigil.api.config import AgentConfig, parse_config
 from vigil.api.probes.syscalls import SlowSyscalls
 from vigil.api.probes.syscalls import SyscallsProbe as SyscallsConfig

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tests.support.agent import scratch_cgroup, spawn
 from tests.support.selection import kernel_selection
+from vigil.agent.pipeline.histograms import Log2Histogram
 from vigil.agent.probes.syscalls import SyscallsProbe
-from vigil.agent.telemetry.histograms import Log2Histogram
 from vigil.api.probes.syscall_names import IDS
 
 # Runs in the child: `python -c WORKLOAD '<python statements>'`; `call(name, *args)`

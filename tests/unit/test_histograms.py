@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vigil.agent.telemetry.histograms import LOG2_SLOTS, Log2Histogram, explicit_buckets
+from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram, explicit_buckets
 
 counts = st.lists(st.integers(min_value=0, max_value=2**40), max_size=LOG2_SLOTS + 8)
 histograms = st.builds(Log2Histogram.from_slots, counts, st.integers(min_value=0, max_value=2**60))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram, explicit_buckets
 from vigil.agent.pipeline.timefmt import MonotonicClock
 from vigil.agent.probes.base import DecodeError, ProbeContext
 from vigil.agent.probes.runqlat import (
@@ -15,7 +16,6 @@ from vigil.agent.probes.runqlat import (
     merge_cpus,
     metric_points,
 )
-from vigil.agent.telemetry.histograms import LOG2_SLOTS, Log2Histogram, explicit_buckets
 from vigil.api.config import ConfigError, parse_config
 from vigil.api.probes.runqlat import RunqlatProbe as RunqlatConfig
 

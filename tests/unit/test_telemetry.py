@@ -15,10 +15,10 @@ from opentelemetry.sdk.metrics.export import Histogram, Sum
 
 from tests.support.otlp_receiver import OtlpReceiver
 from vigil.agent.pipeline.events import Event
+from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
+from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.agent.telemetry.export import Telemetry
-from vigil.agent.telemetry.histograms import LOG2_SLOTS, Log2Histogram
 from vigil.agent.telemetry.metrics import CARDINALITY, EventHistograms, EventSums
-from vigil.agent.telemetry.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.api.events import AttributeValue
 from vigil.api.export import Export, Metrics, Otlp, Spans
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vigil.agent.pipeline.events import Event
-from vigil.agent.telemetry.histograms import Log2Histogram
+from vigil.agent.pipeline.histograms import Log2Histogram
 from vigil.api.events import AttributeValue
 
 MetricKind = Literal["counter", "updown_counter", "gauge", "histogram"]
