@@ -16,6 +16,8 @@ from vigil import __version__
 from vigil.api.config import AgentConfig, ConfigError
 
 if TYPE_CHECKING:
+    from vigil.agent.pipeline.readings import Readings
+    from vigil.agent.pipeline.sink import Sink
     from vigil.agent.telemetry.export import Telemetry
 
 log = logging.getLogger("vigil.agent")
@@ -65,11 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sinks(output: str) -> list[object]:
+def _sinks(output: str) -> list[Sink]:
     from vigil.agent.sinks.console import ConsoleSink
     from vigil.agent.sinks.jsonl import JsonLinesSink
 
-    sinks: list[object] = []
+    sinks: list[Sink] = []
     for name in (part.strip() for part in output.split(",")):
         if name == "console":
             sinks.append(ConsoleSink())
@@ -84,7 +86,9 @@ def _sinks(output: str) -> list[object]:
     return sinks
 
 
-def _telemetry(config: AgentConfig, args: argparse.Namespace) -> Telemetry | None:
+def _telemetry(
+    config: AgentConfig, args: argparse.Namespace, readings: Readings
+) -> Telemetry | None:
     """OTLP export and/or the Prometheus endpoint, when asked for; None otherwise."""
     from vigil.agent.telemetry.export import Telemetry, wanted
 
@@ -95,33 +99,45 @@ def _telemetry(config: AgentConfig, args: argparse.Namespace) -> Telemetry | Non
     if not needed:
         return None
     node_name = config.enrichment.kubernetes.node_name or os.environ.get("NODE_NAME") or None
-    return Telemetry(config.export, otlp=otlp, endpoint=args.otlp_endpoint, node_name=node_name)
+    return Telemetry(
+        config.export,
+        readings=readings,
+        otlp=otlp,
+        endpoint=args.otlp_endpoint,
+        node_name=node_name,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vigil.agent.config_watch import ConfigWatcher, read_config
-    from vigil.agent.pipeline.sink import Sink
+    from vigil.agent.config_watch import ConfigWatcher
+    from vigil.agent.pipeline.readings import Readings
     from vigil.agent.runtime import Agent, AgentError
+    from vigil.agent.sinks.otlp import OtlpSink
     from vigil.agent.telemetry.provider import TelemetryError
+    from vigil.api.config import read_config
 
     telemetry = None
+    # What the exporters read of the agent: filled by the agent, held by both.
+    readings = Readings()
     try:
         config, text = read_config(args.config) if args.config else (AgentConfig(), None)
-        sinks: list[Sink] = _sinks(args.output)  # type: ignore[assignment]
-        telemetry = _telemetry(config, args)
+        sinks = _sinks(args.output)
+        telemetry = _telemetry(config, args, readings)
         if telemetry is not None:
-            sinks.append(telemetry.sink)
+            sinks.append(OtlpSink(telemetry))
         probes = [p.strip() for p in args.probes.split(",")] if args.probes else None
         agent = Agent(
-            config, sinks=sinks, probes=probes, config_source=str(args.config or "config")
+            config,
+            sinks=sinks,
+            probes=probes,
+            config_source=str(args.config or "config"),
+            readings=readings,
         )
     except (ConfigError, AgentError, TelemetryError) as exc:
         log.error("%s", exc)
         if telemetry is not None:
             telemetry.shutdown()
         return 2
-    if telemetry is not None:
-        telemetry.bind(agent)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)

@@ -27,29 +27,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
-from vigil.api.config import AgentConfig, ConfigError, parse_config
-
 log = logging.getLogger(__name__)
-
-
-def parse_text(text: str, *, source: str) -> AgentConfig:
-    """A config file's content -> AgentConfig; ConfigError names `source`, field and reason."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    return parse_config(data, source=source)
-
-
-def read_config(path: Path) -> tuple[AgentConfig, str]:
-    """Load a config file, returning the text too (the watcher's first version)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_text(text, source=str(path)), text
 
 
 # <sys/inotify.h>

@@ -1,17 +1,17 @@
-"""The running agent: compile and attach probes, run the pipeline, stop cleanly.
+"""The running agent: wire the parts, start them, apply new configs, stop cleanly.
 
-Start-up compiles the enabled probes' C files together (one clang run); if
-that fails it compiles them one by one to find the culprit, reports it, and
-runs the rest. Shutdown detaches every program first, then drains what the
-ring buffers still hold, so no event seen before the stop is lost.
+The Agent builds the pipeline (process table, enrichment, selection and
+rules, the dispatcher) and hands the probe lifecycle to its Supervisor
+(vigil.agent.supervisor). Shutdown detaches every program first, then
+drains what the ring buffers still hold, so no event seen before the stop
+is lost.
 
-A new config applies without a restart (``reload``): probes whose settings
-did not change keep running untouched; changed settings go through the
-probe's maps, or, when a compile-time size changed, a new instance is
-compiled and attached before the old one is detached; newly enabled probes
-compile into a module of their own; a module is closed once none of its
-probes runs. Policies (selection and rules) are swapped in one step. An
-invalid config is rejected and counted; the one in force stays.
+A new config applies without a restart (``reload``): the supervisor brings
+the probes in line, and policies (selection and rules) are swapped in one
+step. An invalid config is rejected and counted; the one in force stays.
+
+What exporters read of the running agent goes through its Readings
+(vigil.agent.pipeline.readings), filled here: nothing holds the Agent.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.agent.enrich.attribution import Enricher
@@ -29,9 +28,9 @@ from vigil.agent.enrich.cgroups import CgroupTable
 from vigil.agent.enrich.namespaces import NamespaceCache
 from vigil.agent.enrich.pods import PodCache, PodWatcher, api_client_from_environment
 from vigil.agent.enrich.processes import ProcessTable
-from vigil.agent.kernel import compiler, mounts
+from vigil.agent.kernel import mounts
 from vigil.agent.pipeline.dispatch import Dispatcher, Stage
-from vigil.agent.pipeline.ringbuf import RingBufferReader
+from vigil.agent.pipeline.readings import Readings
 from vigil.agent.pipeline.sink import Sink
 from vigil.agent.pipeline.timefmt import MonotonicClock
 from vigil.agent.probes import registry
@@ -42,7 +41,10 @@ from vigil.agent.selection.kernel import KernelSelection
 from vigil.agent.selection.policies import PolicySet, compile_policies
 from vigil.agent.selection.stage import PolicyStage
 from vigil.agent.selection.subjects import SubjectResolver
-from vigil.api.config import AgentConfig, ConfigError
+from vigil.agent.supervisor import ReloadReport, StartReport, Supervisor
+from vigil.api.config import AgentConfig, ConfigError, parse_text
+
+__all__ = ["Agent", "AgentError", "ReloadReport", "StartReport"]
 
 log = logging.getLogger("vigil.agent")
 
@@ -53,33 +55,6 @@ class AgentError(RuntimeError):
     """The agent cannot run at all (no probe could be attached)."""
 
 
-@dataclass(slots=True)
-class _Module:
-    compiled: compiler.CompiledModule
-    probes: list[Probe]
-    reader: RingBufferReader | None = None
-
-
-@dataclass(slots=True)
-class StartReport:
-    attached: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-@dataclass(slots=True)
-class ReloadReport:
-    """What one config change did; probes that failed keep their previous state."""
-
-    attached: list[str] = field(default_factory=list)  # newly enabled or recompiled
-    failed: dict[str, str] = field(default_factory=dict)
-    updated: list[str] = field(default_factory=list)  # new settings applied through maps
-    recompiled: list[str] = field(default_factory=list)
-    detached: list[str] = field(default_factory=list)
-    restart_needed: list[str] = field(default_factory=list)  # sections applied at next start
-    seconds: float = 0.0
-
-
 class Agent:
     def __init__(
         self,
@@ -88,8 +63,11 @@ class Agent:
         sinks: Sequence[Sink],
         probes: Sequence[str] | None = None,
         config_source: str = "config",
+        readings: Readings | None = None,
     ) -> None:
+        """`readings` is what exporters were handed to read this agent by (filled here)."""
         self.config = config
+        self.readings = readings if readings is not None else Readings()
         policies = compile_policies(config.policies, source=config_source)
         self.sinks = list(sinks)
         self.probe_names = list(probes) if probes is not None else config.probes.enabled()
@@ -122,10 +100,40 @@ class Agent:
         self._running = False
         self.config_counters = {"reloads": 0, "rejected": 0}
         self.dispatcher = Dispatcher(stages, self.sinks, max_batches=config.pipeline.queue_batches)
-        self.probes: dict[str, Probe] = {}
-        self._modules: list[_Module] = []
+        self.supervisor = Supervisor(
+            context=ProbeContext(clock=self.clock),
+            deliver=self.dispatcher.submit,
+            selection=self.kernel_selection,
+            readings=self.readings,
+            drain_interval_ms=config.pipeline.drain_interval_ms,
+        )
         self._stopped = threading.Event()
         self.report = StartReport()
+        self._register_counters()
+
+    def _register_counters(self) -> None:
+        """Stage counters for the readings (closures over the parts, never over the agent)."""
+        readings, stage, selection = self.readings, self.policy_stage, self.kernel_selection
+        if self.enricher is not None:
+            readings.count("enrichment", self.enricher.counters.as_dict)
+        if self.pod_watcher is not None:
+            watch_counters = self.pod_watcher.counters
+            readings.count("kubernetes", lambda: dict(watch_counters))
+        config_counters = self.config_counters
+        readings.count("config", lambda: dict(config_counters))
+        readings.count(
+            "selection",
+            lambda: {
+                **stage.counters.as_dict(),
+                **{f"kernel_{k}": v for k, v in selection.counters.items()},
+            },
+        )
+        readings.count("rules", stage.rules.counters.as_dict)
+
+    @property
+    def probes(self) -> dict[str, Probe]:
+        """The attached probes by name (the supervisor's, live)."""
+        return self.supervisor.probes
 
     def _build_enricher(self) -> Enricher | None:
         settings = self.config.enrichment
@@ -164,66 +172,12 @@ class Agent:
 
     # -- start ---------------------------------------------------------------
 
-    def _compile(self, probes: list[Probe]) -> compiler.CompiledModule:
-        members = {member for probe in probes for member in probe.members}
-        offsets = compiler.resolve_fields(members)
-        if offsets.missing:
-            # Every member the shipped probes read is essential to them.
-            raise ProbeError(
-                "kernel struct members not resolvable from BTF: "
-                + "; ".join(f"{name}: {why}" for name, why in sorted(offsets.missing.items()))
-                + " (run `vigil-agent doctor`)"
-            )
-        defines: dict[str, int | str] = {}
-        for probe in probes:
-            defines.update(probe.defines())
-        sources = compiler.module_sources(probe.source for probe in probes)
-        return compiler.compile_sources(sources, offsets=offsets, defines=defines)
-
-    def _compile_isolating_failures(
-        self, probes: list[Probe], report: StartReport | ReloadReport | None = None
-    ) -> None:
-        report = report if report is not None else self.report
-        try:
-            self._modules.append(_Module(self._compile(probes), probes))
-            return
-        except (compiler.CompileError, ProbeError) as exc:
-            if len(probes) == 1:
-                report.failed[probes[0].name] = str(exc)
-                return
-            log.warning("compiling probes together failed; compiling one by one: %s", exc)
-        for probe in probes:
-            self._compile_isolating_failures([probe], report)
-
-    def _attach_module(self, module: _Module, report: StartReport | ReloadReport) -> None:
-        """Attach a freshly loaded module's probes and give it a reader (not started)."""
-        # Selection maps first: the programs filter from their first event on.
-        self.kernel_selection.add_module(module.compiled.bpf)
-        attached = []
-        for probe in module.probes:
-            try:
-                probe.attach(module.compiled.bpf)
-            except ProbeError as exc:
-                report.failed[probe.name] = str(exc)
-                continue
-            attached.append(probe)
-            self.probes[probe.name] = probe
-            report.attached.append(probe.name)
-        module.probes = attached
-        if attached:
-            module.reader = RingBufferReader(
-                module.compiled.bpf,
-                attached,
-                self.dispatcher.submit,
-                drain_interval_ms=self.config.pipeline.drain_interval_ms,
-            )
-
     def start(self) -> StartReport:
         started = time.perf_counter()
         if mounts.ensure_tracefs() is None:
             raise AgentError("tracefs is not mounted at /sys/kernel/tracing and cannot be (root?)")
         self.process_table.seed_from_proc()
-        context = ProbeContext(clock=self.clock)
+        context = self.supervisor.context
         wanted = []
         for name in self.probe_names:
             try:
@@ -232,15 +186,12 @@ class Agent:
                 self.report.failed[name] = str(exc)
         if self.enricher is not None:
             wanted.append(CgroupProbe(context))
-        self._compile_isolating_failures(wanted)
-
-        for module in self._modules:
-            self._attach_module(module, self.report)
+        self.supervisor.start(wanted, self.report)
 
         for name, reason in self.report.failed.items():
             log.error("probe %s not running: %s", name, reason)
         if not self.probes:
-            self._close_modules()
+            self.supervisor.close()
             raise AgentError(
                 "no probe could be attached: " + "; ".join(self.report.failed.values())
             )
@@ -252,9 +203,7 @@ class Agent:
             self.pod_watcher.start()
         self._ensure_namespaces(self.policy_stage.policies)
         self.dispatcher.start()
-        for module in self._modules:
-            if module.reader is not None:
-                module.reader.start()
+        self.supervisor.start_readers()
         self.report.seconds = time.perf_counter() - started
         self._running = True
         log.info(
@@ -274,15 +223,7 @@ class Agent:
         if self.pods is not None:
             self.pods.expire()
         with self._reconfigure_lock:  # a reload may be closing a module
-            for probe in self.probes.values():
-                before = probe.counters.dropped_kernel
-                probe.read_kernel_drops()
-                if probe.counters.dropped_kernel > before:
-                    log.warning(
-                        "probe %s: %d records dropped in the kernel (ring buffer full)",
-                        probe.name,
-                        probe.counters.dropped_kernel - before,
-                    )
+            self.supervisor.read_kernel_drops()
 
     def wait(self, duration: float | None = None) -> None:
         """Block until `duration` passes or stop() is requested, doing housekeeping."""
@@ -312,8 +253,6 @@ class Agent:
 
     def reload_text(self, text: str, *, source: str = "config") -> bool:
         """Apply a config file's new content; False (logged, counted) when it is rejected."""
-        from vigil.agent.config_watch import parse_text
-
         try:
             config = parse_text(text, source=source)
         except ConfigError as exc:
@@ -351,7 +290,8 @@ class Agent:
                 if getattr(config, section) != getattr(self.config, section)
             ]
             if self._running:
-                self._apply_probes(config, report)
+                desired = self.probe_names if self._probes_pinned else config.probes.enabled()
+                self.supervisor.apply(config, desired, report)
             self.config = config
             self.policy_stage.install(policies)
             if self._running:
@@ -394,75 +334,6 @@ class Agent:
                 ", ".join(report.restart_needed),
             )
 
-    def _apply_probes(self, config: AgentConfig, report: ReloadReport) -> None:
-        """Bring the running probes in line with `config` (lock held, agent running)."""
-        desired = self.probe_names if self._probes_pinned else config.probes.enabled()
-        running = {name: probe for name, probe in self.probes.items() if not probe.metadata}
-        context = ProbeContext(clock=self.clock)
-        fresh: list[Probe] = []
-        replacing: dict[str, Probe] = {}
-        for name in desired:
-            settings = getattr(config.probes, name)
-            current = running.get(name)
-            if current is not None:
-                if settings == current.config:
-                    continue
-                if current.update_config(settings):
-                    report.updated.append(name)
-                    continue
-            try:
-                probe = registry.create(name, context, config)
-            except ProbeError as exc:
-                report.failed[name] = str(exc)
-                continue
-            if current is not None:
-                probe.counters = current.counters  # one running count per probe name
-                replacing[name] = current
-            fresh.append(probe)
-
-        if fresh:
-            first_new = len(self._modules)
-            self._compile_isolating_failures(fresh, report)
-            for module in self._modules[first_new:]:
-                self._attach_module(module, report)
-                if module.reader is not None:
-                    module.reader.start()
-                else:
-                    self._close_module(module)  # nothing attached
-        for name, old in replacing.items():
-            if self.probes.get(name) is old:
-                log.error("probe %s keeps its previous settings: the new ones failed", name)
-                continue
-            # The new instance runs already: no gap, at most a few events seen twice.
-            report.recompiled.append(name)
-            report.attached.remove(name)
-            self._retire(old)
-        for name, probe in running.items():
-            if name not in desired:
-                self._retire(probe)
-                del self.probes[name]
-                report.detached.append(name)
-
-    def _retire(self, probe: Probe) -> None:
-        """Detach one probe; close its module when none of the module's probes runs."""
-        probe.detach()
-        for module in list(self._modules):
-            if probe in module.probes:
-                module.probes.remove(probe)
-                if not any(p.attached for p in module.probes):
-                    self._close_module(module)
-
-    def _close_module(self, module: _Module) -> None:
-        """Drain and unload one module while the rest keeps running."""
-        self.kernel_selection.remove_module(module.compiled.bpf)
-        if module.reader is not None:
-            module.reader.stop()  # drains what its ring buffers still hold
-        try:
-            module.compiled.close()
-        except Exception as exc:
-            log.warning("unloading BPF module failed: %s", exc)
-        self._modules.remove(module)
-
     def _ensure_namespaces(self, policies: PolicySet) -> None:
         """Start listing namespace labels the first time a policy selects namespaces."""
         if not policies.needs_namespace_labels or self.namespaces is not None:
@@ -473,9 +344,10 @@ class Agent:
                 "it selects nothing"
             )
             return
-        self.namespaces = NamespaceCache(api_client=self._api_client)
-        self.resolver.namespaces = self.namespaces
-        self.namespaces.start()
+        self.namespaces = namespaces = NamespaceCache(api_client=self._api_client)
+        self.resolver.namespaces = namespaces
+        self.readings.count("namespaces", lambda: dict(namespaces.counters))
+        namespaces.start()
 
     # -- stop ----------------------------------------------------------------
 
@@ -488,42 +360,13 @@ class Agent:
             self.pod_watcher.stop()
         if self.namespaces is not None:
             self.namespaces.stop()
-        for probe in self.probes.values():
-            probe.detach()
-        for probe in self.probes.values():
-            probe.read_kernel_drops()
-        for module in self._modules:
-            if module.reader is not None:
-                module.reader.stop()
+        self.supervisor.detach()
         self.dispatcher.stop()
         # Sinks close before the BPF maps go: the last metric export still reads them.
         for sink in self.sinks:
             sink.close()
-        self._close_modules()
-
-    def _close_modules(self) -> None:
-        for module in self._modules:
-            try:
-                module.compiled.close()
-            except Exception as exc:
-                log.warning("unloading BPF module failed: %s", exc)
-        self._modules.clear()
+        self.supervisor.close()
 
     def counters(self) -> dict[str, dict[str, int]]:
-        """Self-counters: per probe, plus enrichment and the pod watch when they run."""
-        with self._reconfigure_lock:
-            probes = dict(self.probes)
-        counters = {name: probe.counters.as_dict() for name, probe in probes.items()}
-        if self.enricher is not None:
-            counters["enrichment"] = self.enricher.counters.as_dict()
-        if self.pod_watcher is not None:
-            counters["kubernetes"] = dict(self.pod_watcher.counters)
-        if self.namespaces is not None:
-            counters["namespaces"] = dict(self.namespaces.counters)
-        counters["config"] = dict(self.config_counters)
-        counters["selection"] = {
-            **self.policy_stage.counters.as_dict(),
-            **{f"kernel_{k}": v for k, v in self.kernel_selection.counters.items()},
-        }
-        counters["rules"] = self.policy_stage.rules.counters.as_dict()
-        return counters
+        """Self-counters: per probe, then enrichment, the pod watch, config, selection, rules."""
+        return self.readings.counters()

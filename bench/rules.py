@@ -208,10 +208,11 @@ class NullSink:
 
 
 def swap_times(runs: int) -> None:
-    from vigil.agent.config_watch import ConfigWatcher, read_config
+    from vigil.agent.config_watch import ConfigWatcher
     from vigil.agent.probes import registry
     from vigil.agent.probes.base import ProbeError
     from vigil.agent.runtime import Agent
+    from vigil.api.config import read_config
 
     try:
         registry.probe_class("tcp")

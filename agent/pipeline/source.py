@@ -2,7 +2,8 @@
 
 The ring buffer reader and the dispatcher need a few facts about whoever
 owns a ring buffer (its name, its buffers, whether it describes what other
-records refer to, where to count) and one call to turn bytes into events.
+records refer to, where to count) and one call to turn bytes into events;
+the exporters need its metric points and the metrics its events feed.
 Typing against this protocol keeps the pipeline below the probes: probes
 import the pipeline's vocabulary, never the other way round.
 """
@@ -18,7 +19,7 @@ from vigil.agent.pipeline.samples import EventMetric, MetricPoint
 
 
 class Source(Protocol):
-    """Ring buffer records in, events out (vigil.agent.probes.base.Probe)."""
+    """Ring buffer records in; events and metric points out (vigil.agent.probes.base.Probe)."""
 
     @property
     def name(self) -> str: ...
@@ -34,19 +35,12 @@ class Source(Protocol):
     @property
     def counters(self) -> ProbeCounters: ...
 
-    def decode_batch(self, records: Sequence[bytes]) -> list[Event]:
-        """Decode a batch; undecodable records are counted, not raised."""
-
-
-class Collector(Protocol):
-    """A source of metric points and event-fed metrics, read by the exporters."""
-
-    @property
-    def name(self) -> str: ...
-
     @property
     def event_metrics(self) -> tuple[EventMetric, ...]:
-        """Instruments fed by this collector's events."""
+        """Instruments fed by this source's events."""
+
+    def decode_batch(self, records: Sequence[bytes]) -> list[Event]:
+        """Decode a batch; undecodable records are counted, not raised."""
 
     def collect(self) -> list[MetricPoint]:
         """Snapshot in-kernel aggregates (called on an export thread)."""

@@ -9,12 +9,9 @@ pipeline up.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from vigil.agent.pipeline.events import Event
-
-if TYPE_CHECKING:
-    from vigil.agent.telemetry.export import Telemetry
+from vigil.agent.telemetry.export import Telemetry
 
 
 class OtlpSink:

@@ -1,9 +1,10 @@
 """Telemetry: the OpenTelemetry providers, readers and processors of one agent.
 
-Built from `AgentConfig.export` before the agent, handed to it as a sink
-(`telemetry.sink`), then bound to it (`telemetry.bind(agent)`) so the metric
-readers can reach the current probes (kernel aggregates), the enricher (pod
-attributes for cgroup ids) and the agent's counters (health metrics).
+Built from `AgentConfig.export` with the agent's Readings
+(vigil.agent.pipeline.readings): all it reads of the running agent, from
+the export threads (kernel aggregates of the published probes, pod
+attributes for cgroup ids, every stage's counters for the health metrics).
+Events reach it through vigil.agent.sinks.otlp.OtlpSink, built beside it.
 
 Nothing here blocks the pipeline thread: spans and log records go to
 bounded batch queues exported on their own threads, metrics are exported by
@@ -17,9 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import LogRecordExporter
@@ -29,9 +30,10 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from vigil import __version__
+from vigil.agent.pipeline.readings import Readings
 from vigil.agent.pipeline.samples import EventMetric, MetricSpec
-from vigil.agent.probes.base import Probe
 from vigil.agent.telemetry import provider
+from vigil.agent.telemetry.event_metrics import EventHistograms, EventMetrics, EventSums
 from vigil.agent.telemetry.exporters import (
     CountingBatchLogRecordProcessor,
     CountingBatchSpanProcessor,
@@ -40,20 +42,11 @@ from vigil.agent.telemetry.exporters import (
     CountingSpanExporter,
     ExportCounters,
 )
+from vigil.agent.telemetry.health import register_health
+from vigil.agent.telemetry.kernel_metrics import KERNEL_SCOPE, KernelMetrics
 from vigil.agent.telemetry.logs import RuleLogs
-from vigil.agent.telemetry.metrics import (
-    KERNEL_SCOPE,
-    Collector,
-    EventHistograms,
-    EventMetrics,
-    EventSums,
-    KernelMetrics,
-    PeriodicReader,
-    PrometheusReader,
-    register_health,
-)
+from vigil.agent.telemetry.readers import PeriodicReader, PrometheusReader
 from vigil.agent.telemetry.spans import ProcessSpans
-from vigil.api.events import AttributeValue
 from vigil.api.export import Export
 
 log = logging.getLogger(__name__)
@@ -68,24 +61,6 @@ RULE_MATCHES = EventMetric(
 )
 
 
-class CgroupResolver(Protocol):
-    """Pod-level attributes of a cgroup (vigil.agent.enrich.attribution.Enricher)."""
-
-    def cgroup_attributes(self, cgroup_id: int) -> Mapping[str, AttributeValue] | None: ...
-
-
-class AgentView(Protocol):
-    """What Telemetry reads from the running agent (vigil.agent.runtime.Agent)."""
-
-    @property
-    def probes(self) -> Mapping[str, Probe]: ...
-
-    @property
-    def enricher(self) -> CgroupResolver | None: ...
-
-    def counters(self) -> dict[str, dict[str, int]]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Exporters:
     """Exporters to use instead of the OTLP ones (tests, other backends)."""
@@ -93,6 +68,31 @@ class Exporters:
     spans: SpanExporter | None = None
     metrics: MetricExporter | None = None
     logs: LogRecordExporter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregates:
+    """What vigil adds up itself, joined to every export and scrape by the readers.
+
+    Its own object, not a Telemetry method: a reader holding a bound method
+    of Telemetry would tie the two into a reference cycle.
+    """
+
+    kernel: KernelMetrics
+    sums: EventSums
+    histograms: EventHistograms
+
+    def scopes(self) -> list[ScopeMetrics]:
+        """Kernel aggregates and event-fed sums and histograms, as of now."""
+        scopes = []
+        kernel = self.kernel.collect()
+        if kernel:
+            scopes.append(ScopeMetrics(scope=KERNEL_SCOPE, metrics=kernel, schema_url=""))
+        now = time.time_ns()
+        events = self.sums.metrics(now) + self.histograms.metrics(now)
+        if events:
+            scopes.append(ScopeMetrics(scope=METER_SCOPE, metrics=events, schema_url=""))
+        return scopes
 
 
 def wanted(export: Export, outputs: Iterable[str]) -> tuple[bool, bool]:
@@ -119,19 +119,22 @@ class Telemetry:
         self,
         export: Export,
         *,
+        readings: Readings | None = None,
         otlp: bool = True,
         endpoint: str | None = None,
         node_name: str | None = None,
         exporters: Exporters | None = None,
     ) -> None:
-        """Raises TelemetryError for settings that cannot work (names the field)."""
+        """Raises TelemetryError for settings that cannot work (names the field).
+
+        `readings` is what the metric readers see of the running agent (an
+        empty one when nothing runs yet, or in tests).
+        """
         self.settings = export
+        self.readings = readings = readings if readings is not None else Readings()
         self.counters = ExportCounters()
         self.resource = provider.build_resource(node_name=node_name)
-        self._probes: Callable[[], tuple[Probe, ...]] = tuple
-        self._agent_counters: Callable[[], Mapping[str, Mapping[str, int]]] = dict
-        self._enricher: Callable[[], CgroupResolver | None] = lambda: None
-        self._probe_classes: tuple[type, ...] | None = None
+        self._declared: tuple[EventMetric, ...] | None = None
         self._closed = False
         exporters = exporters or Exporters()
         timeout_ms = (export.otlp.timeout_ms or 10_000) if otlp else 10_000
@@ -142,10 +145,11 @@ class Telemetry:
         # -- metrics
         started = time.time_ns()
         self.kernel_metrics = KernelMetrics(
-            attribute_keys=export.metrics.attributes, start_time_ns=started
+            readings, attribute_keys=export.metrics.attributes, start_time_ns=started
         )
         self.event_histograms = EventHistograms(start_time_ns=started)
         self.event_sums = EventSums(start_time_ns=started)
+        self.aggregates = Aggregates(self.kernel_metrics, self.event_sums, self.event_histograms)
         readers: list[MetricReader] = []
         self._metric_exporter: CountingMetricExporter | None = None
         if otlp and export.metrics.enabled:
@@ -154,7 +158,7 @@ class Telemetry:
             readers.append(
                 PeriodicReader(
                     self._metric_exporter,
-                    extra_scopes=self._extra_scopes,
+                    extra_scopes=self.aggregates.scopes,
                     interval_ms=export.metrics.interval_ms,
                     timeout_ms=timeout_ms,
                 )
@@ -174,7 +178,7 @@ class Telemetry:
             attribute_keys=export.metrics.attributes,
             builtin=(RULE_MATCHES,),
         )
-        register_health(meter, counters=self._current_counters, export=self.counters)
+        register_health(meter, counters=readings.counters, export=self.counters)
 
         # -- spans
         self.spans: ProcessSpans | None = None
@@ -221,16 +225,12 @@ class Telemetry:
                 span_context=spans.context_of if spans is not None else (lambda _pid: None),
             )
 
-        from vigil.agent.sinks.otlp import OtlpSink
-
-        self.sink = OtlpSink(self)
-
     def _start_prometheus(self) -> MetricReader:
         from prometheus_client import CollectorRegistry, start_http_server
 
         settings = self.settings.prometheus
         registry = CollectorRegistry(auto_describe=True)
-        reader = PrometheusReader(extra_scopes=self._extra_scopes, registry=registry)
+        reader = PrometheusReader(extra_scopes=self.aggregates.scopes, registry=registry)
         try:
             server, _thread = start_http_server(
                 settings.port, addr=settings.host, registry=registry
@@ -245,60 +245,12 @@ class Telemetry:
         log.info("Prometheus metrics at http://%s:%d/metrics", settings.host, self.prometheus_port)
         return reader
 
-    # -- the agent side ---------------------------------------------------------------
-
-    def bind(self, agent: AgentView) -> None:
-        """Read probes, enricher and counters from `agent` from now on (they may change)."""
-        self.bind_sources(
-            probes=lambda: tuple(agent.probes.values()),
-            enricher=lambda: agent.enricher,
-            counters=agent.counters,
-        )
-
-    def bind_sources(
-        self,
-        *,
-        probes: Callable[[], tuple[Any, ...]],
-        enricher: Callable[[], CgroupResolver | None] = lambda: None,
-        counters: Callable[[], Mapping[str, Mapping[str, int]]] = dict,
-    ) -> None:
-        self._probes = probes
-        self._enricher = enricher
-        self._agent_counters = counters
-        self.kernel_metrics.bind(self._collectors, self._resolve)
-
-    def _extra_scopes(self) -> list[ScopeMetrics]:
-        """Kernel aggregates and event-fed sums and histograms, for every export and scrape."""
-        scopes = []
-        kernel = self.kernel_metrics.collect()
-        if kernel:
-            scopes.append(ScopeMetrics(scope=KERNEL_SCOPE, metrics=kernel, schema_url=""))
-        now = time.time_ns()
-        events = self.event_sums.metrics(now) + self.event_histograms.metrics(now)
-        if events:
-            scopes.append(ScopeMetrics(scope=METER_SCOPE, metrics=events, schema_url=""))
-        return scopes
-
-    def _current_counters(self) -> Mapping[str, Mapping[str, int]]:
-        return self._agent_counters()  # late-bound: bind() replaces the source
-
-    def _collectors(self) -> Iterable[Collector]:
-        probes: Iterable[Collector] = self._probes()
-        return probes
-
-    def _resolve(self, cgroup_id: int) -> Mapping[str, AttributeValue] | None:
-        enricher = self._enricher()
-        return enricher.cgroup_attributes(cgroup_id) if enricher is not None else None
-
     def refresh_event_metrics(self) -> None:
-        """Follow the running probes' `event_metrics` (cheap when nothing changed)."""
-        probes = self._probes()
-        classes = tuple(type(probe) for probe in probes)
-        if classes != self._probe_classes:
-            self._probe_classes = classes
-            self.event_metrics.use(
-                metric for cls in classes for metric in getattr(cls, "event_metrics", ())
-            )
+        """Follow the published probes' `event_metrics` (an identity check when unchanged)."""
+        declared = self.readings.event_metrics
+        if declared is not self._declared:
+            self._declared = declared
+            self.event_metrics.use(declared)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -3,26 +3,19 @@
 - Counting* wrap any SDK exporter: a failed export request counts as a failure
   of its signal and its items as dropped ("export_failed").
 - Counting* batch processors count items a full queue pushes out ("queue_full").
-- GrpcSpanExporter is the SDK's OTLP/gRPC span exporter (retries, backoff,
-  reconnection, TLS, headers, compression, OTEL_* variables) with the request
-  encoded by vigil.agent.telemetry.wire instead of the SDK's encoder.
 
-The SDK keeps the batch queue and the gRPC stub private; the two places that
-reach into them are marked, and tests/unit/test_exporters.py fails if an SDK
-upgrade moves them.
+The SDK keeps the batch queue private: vigil.agent.telemetry.sdk_private
+reaches into it, with the guard tests beside it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk._logs import ReadableLogRecord, ReadWriteLogRecord
 from opentelemetry.sdk._logs.export import (
     BatchLogRecordProcessor,
@@ -33,12 +26,11 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from vigil.agent.telemetry.idspan import IdSpan
 from vigil.agent.telemetry.provider import Signal
-from vigil.agent.telemetry.wire import IdSpan, SpanEncoder
+from vigil.agent.telemetry.sdk_private import BatchQueue, exporter_preferences
 
 log = logging.getLogger(__name__)
-
-_TRACE_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
 class ExportCounters:
@@ -128,11 +120,7 @@ class CountingSpanExporter(SpanExporter, _Abortable):
 
 class CountingMetricExporter(MetricExporter, _Abortable):
     def __init__(self, inner: MetricExporter, counters: ExportCounters) -> None:
-        MetricExporter.__init__(
-            self,
-            preferred_temporality=inner._preferred_temporality,
-            preferred_aggregation=inner._preferred_aggregation,
-        )
+        MetricExporter.__init__(self, **exporter_preferences(inner))
         _Abortable.__init__(self)
         self.inner = inner
         self._counters = counters
@@ -195,31 +183,15 @@ class CountingLogExporter(LogRecordExporter, _Abortable):
         return bool(self.inner.force_flush(timeout_millis))
 
 
-def _queue_full_check(processor: object) -> Callable[[], bool]:
-    # SDK-private: BatchSpanProcessor / BatchLogRecordProcessor keep their items
-    # in `_batch_processor._queue`, a deque with maxlen that silently pushes out
-    # the oldest item when full. Checked by tests/unit/test_exporters.py.
-    queue = processor._batch_processor._queue  # type: ignore[attr-defined]
-    limit = queue.maxlen
-
-    def full() -> bool:
-        return bool(len(queue) >= limit)
-
-    return full
-
-
 class CountingBatchSpanProcessor(BatchSpanProcessor):
     """BatchSpanProcessor that counts the spans a full queue pushes out."""
 
     def __init__(self, exporter: SpanExporter, counters: ExportCounters, **options: Any) -> None:
         super().__init__(exporter, **options)
         self._counters = counters
-        self._full = _queue_full_check(self)
-        # What BatchSpanProcessor.on_end calls after its sampled check (SDK-private,
-        # like the queue above): one check per span instead of two.
-        self._enqueue = self._batch_processor.emit
-        self._queue = self._batch_processor._queue
-        self._limit: int = self._queue.maxlen or 0  # always set: the SDK bounds its queue
+        self.queue = BatchQueue(self)
+        # What BatchSpanProcessor.on_end calls after its sampled check: one check per span.
+        self._enqueue = self.queue.emit
 
     def on_end(self, span: ReadableSpan) -> None:
         if type(span) is IdSpan:
@@ -229,7 +201,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             context = span.context
             if context is None or not context.trace_flags.sampled:
                 return
-        if self._full():
+        if self.queue.full():
             self._counters.dropped("traces", "queue_full")
         self._enqueue(span)
 
@@ -240,20 +212,14 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         left), same wake-up of the export thread, a full queue pushes out the
         oldest, counted; without emit's per-span checks and os.getpid() call.
         """
-        batch = self._batch_processor
-        if batch._shutdown or batch._pid != os.getpid():
+        queue = self.queue
+        if not queue.accepts_direct():
             for span in spans:  # emit's own handling: refuse, or re-create after fork
                 self.on_end(span)
             return
-        sampled = [span for span in spans if span.sampled]
-        queue = self._queue
-        overflow = len(queue) + len(sampled) - self._limit
-        if overflow > 0:
+        overflow = queue.extend([span for span in spans if span.sampled])
+        if overflow:
             self._counters.dropped("traces", "queue_full", overflow)
-        queue.extendleft(sampled)
-        awaken = batch._worker_awaken
-        if len(queue) >= batch._max_export_batch_size and not awaken.is_set():
-            awaken.set()
 
 
 class CountingBatchLogRecordProcessor(BatchLogRecordProcessor):
@@ -264,38 +230,9 @@ class CountingBatchLogRecordProcessor(BatchLogRecordProcessor):
     ) -> None:
         super().__init__(exporter, **options)
         self._counters = counters
-        self._full = _queue_full_check(self)
+        self._queue = BatchQueue(self)
 
     def on_emit(self, log_record: ReadWriteLogRecord) -> None:
-        if self._full():
+        if self._queue.full():
             self._counters.dropped("logs", "queue_full")
         super().on_emit(log_record)
-
-
-class _RawTraceStub:
-    """TraceService stub whose requests are already serialized bytes."""
-
-    def __init__(self, channel: Any) -> None:
-        self.Export = channel.unary_unary(
-            _TRACE_EXPORT_METHOD,
-            request_serializer=bytes,
-            response_deserializer=ExportTraceServiceResponse.FromString,
-        )
-
-
-class GrpcSpanExporter(OTLPSpanExporter):
-    """The SDK's OTLP/gRPC span exporter, sending requests built by SpanEncoder."""
-
-    def __init__(self, **options: Any) -> None:
-        self._encoder = SpanEncoder()
-        super().__init__(**options)
-
-    def _initialize_channel_and_stub(self) -> None:
-        # SDK-private hook: the mixin builds `self._stub(channel)` here, at
-        # start and on every reconnection.
-        self._stub = _RawTraceStub
-        super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
-
-    def _translate_data(self, data: Sequence[ReadableSpan]) -> bytes:  # type: ignore[override]
-        # Runs on the export thread only (the mixin serializes exports).
-        return self._encoder.encode(data)

@@ -174,7 +174,7 @@ def _http_options(settings: OtlpSettings, signal: Signal) -> dict[str, Any]:
 
 def span_exporter(settings: OtlpSettings) -> SpanExporter:
     if settings.protocol == "grpc":
-        from vigil.agent.telemetry.exporters import GrpcSpanExporter
+        from vigil.agent.telemetry.wire import GrpcSpanExporter
 
         return GrpcSpanExporter(**_grpc_options(settings))
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -42,7 +42,7 @@ from vigil import __version__
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.timefmt import parse_rfc3339_ns
 from vigil.agent.telemetry.exporters import ExportCounters
-from vigil.agent.telemetry.wire import IdSpan
+from vigil.agent.telemetry.idspan import IdSpan
 from vigil.api.events import AttributeValue
 from vigil.api.export import Spans as SpanSettings
 

@@ -8,8 +8,14 @@ encoded bytes and joins them: ~6 us per span. The output parses to exactly
 the message the SDK's `encode_spans` builds (tests/unit/test_wire.py checks
 it against the SDK), so collectors see no difference.
 
-Only ExportTraceServiceRequest is written here; the cached pieces come from
-the official generated classes, so no value encoding is hand-written.
+Only ExportTraceServiceRequest is written here. Strings, ints and bools (the
+attribute values of nearly every span) are encoded by hand, a few lines
+checked against the generated classes by property tests; floats, lists,
+bytes and mappings are encoded by the generated classes and cached. Spans
+that are not IdSpans take a general path with the same output.
+
+GrpcSpanExporter sends these requests through the SDK's OTLP/gRPC exporter
+(retries, backoff, TLS, reconnection).
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from opentelemetry.sdk.trace import Event as SdkEvent
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceState
+
+from vigil.agent.telemetry.idspan import IdSpan
+from vigil.agent.telemetry.sdk_private import SerializedSpanExporter
 
 # Tags: (field number << 3) | wire type (0 varint, 1 fixed64, 2 bytes, 5 fixed32).
 _REQUEST_RESOURCE_SPANS = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
@@ -131,69 +140,6 @@ def _length_prefixed(message: KeyValue) -> bytes:
 
 def _key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
     return [KeyValue(key=k, value=any_value(v)) for k, v in attributes.items()]
-
-
-class IdSpan(ReadableSpan):
-    """A finished span whose ids are plain ints.
-
-    To every SDK component it is a ReadableSpan (its SpanContexts are built the
-    first time something asks); SpanEncoder reads the ids and fields directly.
-    vigil builds one per process, so skipping two SpanContexts and the property
-    layer per span is worth this class. Parents are always local.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        trace_id: int,
-        span_id: int,
-        parent_span_id: int,  # 0: a root span
-        sampled: bool,
-        resource: Resource,
-        scope: InstrumentationScope,
-        attributes: Mapping[str, Any],
-        events: Sequence[SdkEvent],
-        kind: SpanKind,
-        status: Status,
-        start_time: int,
-        end_time: int,
-    ) -> None:
-        # Not ReadableSpan.__init__: it wants the SpanContexts up front.
-        self._name = name
-        self._kind = kind
-        self._instrumentation_info = None
-        self._instrumentation_scope = scope
-        self._start_time = start_time
-        self._end_time = end_time
-        self._attributes = attributes
-        self._events = events
-        self._links = ()
-        self._resource = resource
-        self._status = status
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_span_id = parent_span_id
-        self.sampled = sampled
-        self._contexts: tuple[SpanContext, SpanContext | None] | None = None
-
-    def _build_contexts(self) -> tuple[SpanContext, SpanContext | None]:
-        if self._contexts is None:
-            flags = TraceFlags(TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT)
-            parent = None
-            if self.parent_span_id:
-                parent = SpanContext(self.trace_id, self.parent_span_id, False, flags)
-            self._contexts = (SpanContext(self.trace_id, self.span_id, False, flags), parent)
-        return self._contexts
-
-    # ReadableSpan's properties and methods read these two.
-    @property
-    def _context(self) -> SpanContext:  # type: ignore[override]
-        return self._build_contexts()[0]
-
-    @property
-    def _parent(self) -> SpanContext | None:  # type: ignore[override]
-        return self._build_contexts()[1]
 
 
 class SpanEncoder:
@@ -357,11 +303,11 @@ class SpanEncoder:
         ]
         if span.parent_span_id:
             parts += (_PARENT_SPAN_ID, span.parent_span_id.to_bytes(8, "big"))
-        name_kind = self._name_kinds.get((span._name, span._kind))
+        name_kind = self._name_kinds.get((span.name_, span.kind_))
         if name_kind is None:
-            name_kind = self._name_kind(span._name, span._kind)
+            name_kind = self._name_kind(span.name_, span.kind_)
         parts.append(name_kind)
-        start, end = span._start_time, span._end_time
+        start, end = span.start_time_, span.end_time_
         if start and end:
             parts.append(_START_END(0x39, start, 0x41, end))
         else:
@@ -369,15 +315,15 @@ class SpanEncoder:
                 parts += (_START, _FIXED64(start))
             if end:
                 parts += (_END, _FIXED64(end))
-        attributes = span._attributes
+        attributes = span.attributes_
         if attributes:
             parts += self._attributes_of(_ATTRIBUTE, attributes)
-        events = span._events
+        events = span.events_
         if events:
             parts += self._events_of(events)
         if isinstance(events, BoundedList) and events.dropped:
             parts += (_DROPPED_EVENTS, varint(events.dropped))
-        status = span._status
+        status = span.status_
         encoded_status = self._statuses.get((status.status_code, status.description))
         if encoded_status is None:
             encoded_status = self._status(status)
@@ -480,7 +426,7 @@ class SpanEncoder:
         last: list[bytes] = []
         for span in spans:
             if type(span) is IdSpan:  # fields read directly, not through properties
-                resource, scope = span._resource, span._instrumentation_scope
+                resource, scope = span.resource_, span.scope_
                 encoded_span = self._id_span(span)
             else:
                 resource, scope = span.resource, span.instrumentation_scope
@@ -507,3 +453,10 @@ class SpanEncoder:
                 body.append(_field(_SCHEMA_URL, resource.schema_url.encode()))
             out.append(_field(_REQUEST_RESOURCE_SPANS, b"".join(body)))
         return b"".join(out)
+
+
+class GrpcSpanExporter(SerializedSpanExporter):
+    """The SDK's OTLP/gRPC span exporter, sending requests built by SpanEncoder."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(SpanEncoder().encode, **options)

@@ -22,11 +22,12 @@ import pytest
 import yaml
 
 from tests.support.agent import CollectingSink, of_pid, scratch_cgroup, spawn
-from vigil.agent.config_watch import ConfigWatcher, read_config
+from vigil.agent.config_watch import ConfigWatcher
 from vigil.agent.pipeline.events import Event
 from vigil.agent.probes import registry
 from vigil.agent.probes.base import ProbeError
 from vigil.agent.runtime import Agent
+from vigil.api.config import read_config
 
 pytestmark = pytest.mark.bpf
 
@@ -234,19 +235,19 @@ def test_probe_disabled_then_enabled_again(tmp_path: Path) -> None:
     # closes the module; enabling it again compiles a new one.
     base: dict[str, Any] = {"enrichment": {"enabled": False}}
     with watched_agent(tmp_path, base) as (agent, sink, path):
-        assert len(agent._modules) == 1
+        assert len(agent.supervisor.modules) == 1
         off = {**base, "probes": {"process": {"enabled": False}}}
         _write(path, off)
         _eventually(lambda: agent.config_counters["reloads"] == 1)
         assert agent.probes == {}
-        assert agent._modules == []
+        assert agent.supervisor.modules == []
         quiet = spawn(["/bin/true", "while-off"])
         assert quiet.wait() == 0
 
         _write(path, base)
         _eventually(lambda: agent.config_counters["reloads"] == 2)
         assert agent.probes["process"].attached
-        assert len(agent._modules) == 1
+        assert len(agent.supervisor.modules) == 1
         loud = spawn(["/bin/true", "while-on"])
         assert loud.wait() == 0
         [event] = sink.wait_for(of_pid(loud.pid, "process.exec"))
@@ -266,7 +267,7 @@ def test_recompiled_probe_loses_nothing(tmp_path: Path) -> None:
             sink.wait_for(execs, count=100, timeout=30)
             _write(path, {"probes": {"process": {"ringBuffer": {"pages": 256}}}})
             _eventually(lambda: agent.config_counters["reloads"] == 1)
-            old_and_new = list(agent._modules)
+            old_and_new = list(agent.supervisor.modules)
             assert storm.wait(timeout=120) == 0
             _eventually(
                 lambda: len({e.attributes["process.pid"] for e in sink.matching(execs)}) == count,

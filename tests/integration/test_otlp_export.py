@@ -28,7 +28,9 @@ from tests.support.otlp_receiver import (
     ReceivedSpan,
     free_port,
 )
+from vigil.agent.pipeline.readings import Readings
 from vigil.agent.runtime import Agent
+from vigil.agent.sinks.otlp import OtlpSink
 from vigil.agent.telemetry.export import Telemetry
 from vigil.api.config import AgentConfig
 from vigil.api.export import Export, Metrics, Otlp, Spans
@@ -55,11 +57,11 @@ class Running:
 def start_agent(export: Export) -> Running:
     require_bpf()
     config = AgentConfig(export=export)
-    telemetry = Telemetry(config.export, otlp=True)
+    readings = Readings()
+    telemetry = Telemetry(config.export, readings=readings, otlp=True)
     sink = CollectingSink()
     # Telemetry first: when the collecting sink has an event, telemetry has seen it.
-    agent = Agent(config, sinks=[telemetry.sink, sink], probes=["process"])
-    telemetry.bind(agent)
+    agent = Agent(config, sinks=[OtlpSink(telemetry), sink], probes=["process"], readings=readings)
     agent.start()
     return Running(agent, telemetry, sink)
 

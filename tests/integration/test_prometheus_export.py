@@ -17,7 +17,9 @@ from tests.integration.test_otlp_export import run_times, unique_copy, wait_for_
 from tests.support.agent import CollectingSink
 from tests.support.bpf import require_bpf
 from tests.support.otlp_receiver import free_port
+from vigil.agent.pipeline.readings import Readings
 from vigil.agent.runtime import Agent
+from vigil.agent.sinks.otlp import OtlpSink
 from vigil.agent.telemetry.export import Telemetry
 from vigil.api.config import AgentConfig
 from vigil.api.export import Export, Prometheus
@@ -86,10 +88,10 @@ def test_prometheus_scrapes_the_agents_metrics(
     require_bpf()
     base, directory = prometheus_server
     config = AgentConfig(export=Export(prometheus=Prometheus(enabled=True, port=0)))
-    telemetry = Telemetry(config.export, otlp=False)
+    readings = Readings()
+    telemetry = Telemetry(config.export, readings=readings, otlp=False)
     sink = CollectingSink()
-    agent = Agent(config, sinks=[telemetry.sink, sink], probes=["process"])
-    telemetry.bind(agent)
+    agent = Agent(config, sinks=[OtlpSink(telemetry), sink], probes=["process"], readings=readings)
     agent.start()
     server = None
     try:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vigil.agent.config_watch import ConfigWatcher, parse_text, read_config
-from vigil.api.config import ConfigError
+from vigil.agent.config_watch import ConfigWatcher
+from vigil.api.config import ConfigError, parse_text, read_config
 
 # Long enough that only inotify can explain a quick reaction.
 NO_POLL = 60.0

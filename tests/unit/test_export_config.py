@@ -10,7 +10,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 
 from vigil.agent.telemetry import provider
 from vigil.agent.telemetry.export import wanted
-from vigil.agent.telemetry.exporters import GrpcSpanExporter
+from vigil.agent.telemetry.wire import GrpcSpanExporter
 from vigil.api.config import ConfigError, parse_config
 from vigil.api.export import Export, Otlp, Prometheus
 

@@ -16,10 +16,10 @@ from vigil.agent.telemetry.exporters import (
     CountingBatchSpanProcessor,
     CountingSpanExporter,
     ExportCounters,
-    GrpcSpanExporter,
 )
+from vigil.agent.telemetry.idspan import IdSpan
 from vigil.agent.telemetry.spans import SCOPE
-from vigil.agent.telemetry.wire import IdSpan
+from vigil.agent.telemetry.wire import GrpcSpanExporter
 
 RESOURCE = Resource.create({"service.name": "vigil-agent"})
 
@@ -70,9 +70,9 @@ def gated_processor() -> tuple[ExportCounters, GatedExporter, CountingBatchSpanP
 def wait_until_taken(processor: CountingBatchSpanProcessor) -> None:
     """Until the export worker has emptied the queue (and sits at the gate)."""
     deadline = time.monotonic() + 5
-    while len(processor._queue) and time.monotonic() < deadline:
+    while len(processor.queue.items) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(processor._queue) == 0
+    assert len(processor.queue.items) == 0
 
 
 def test_a_full_queue_counts_every_span_it_pushes_out() -> None:

@@ -16,9 +16,11 @@ from opentelemetry.sdk.metrics.export import Histogram, Sum
 from tests.support.otlp_receiver import OtlpReceiver
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
+from vigil.agent.pipeline.readings import Readings
 from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
+from vigil.agent.sinks.otlp import OtlpSink
+from vigil.agent.telemetry.event_metrics import CARDINALITY, EventHistograms, EventSums
 from vigil.agent.telemetry.export import Telemetry
-from vigil.agent.telemetry.metrics import CARDINALITY, EventHistograms, EventSums
 from vigil.api.events import AttributeValue
 from vigil.api.export import Export, Metrics, Otlp, Spans
 
@@ -64,14 +66,23 @@ def receiver() -> Iterator[OtlpReceiver]:
         yield running
 
 
-def telemetry_for(receiver: OtlpReceiver, **export: Any) -> Telemetry:
+def telemetry_for(
+    receiver: OtlpReceiver, readings: Readings | None = None, **export: Any
+) -> Telemetry:
     settings = Export(
         otlp=Otlp(endpoint=receiver.endpoint, timeout_ms=2000),
         metrics=Metrics(interval_ms=3_600_000),  # exported on force_flush only
         spans=Spans(batch_delay_ms=60_000),
         **export,
     )
-    return Telemetry(settings, node_name="node-a")
+    return Telemetry(settings, readings=readings, node_name="node-a")
+
+
+def reading(*sources: Any, resolver: Any = None) -> Readings:
+    """Readings with these stand-in probes published, as the supervisor does."""
+    readings = Readings(resolver=resolver)
+    readings.publish(sources)
+    return readings
 
 
 def histogram(slots: dict[int, int], total: int) -> Log2Histogram:
@@ -94,8 +105,7 @@ def test_kernel_histograms_arrive_with_exact_bounds_merged_per_pod(receiver: Otl
             MetricPoint(QUEUED, {"vigil.cgroup.id": 12}, 5),
         ]
     )
-    telemetry = telemetry_for(receiver)
-    telemetry.bind_sources(probes=lambda: (probe,), enricher=Resolver)
+    telemetry = telemetry_for(receiver, reading(probe, resolver=Resolver()))
     try:
         assert telemetry.force_flush()
         web = receiver.last("vigil.test.latency", k8s__pod__name="web-1")
@@ -130,8 +140,7 @@ def test_kernel_histograms_arrive_with_exact_bounds_merged_per_pod(receiver: Otl
 
 def test_without_enrichment_points_keep_their_cgroup_id(receiver: OtlpReceiver) -> None:
     probe = FakeProbe([MetricPoint(BYTES, {"vigil.cgroup.id": 11}, 5)])
-    telemetry = telemetry_for(receiver)
-    telemetry.bind_sources(probes=lambda: (probe,))
+    telemetry = telemetry_for(receiver, reading(probe))
     try:
         telemetry.force_flush()
         point = receiver.last("vigil.test.bytes")
@@ -143,8 +152,7 @@ def test_without_enrichment_points_keep_their_cgroup_id(receiver: OtlpReceiver) 
 
 def test_event_metrics_count_every_event_with_bounded_attributes(receiver: OtlpReceiver) -> None:
     probe = FakeProbe([])
-    telemetry = telemetry_for(receiver)
-    telemetry.bind_sources(probes=lambda: (probe,))
+    telemetry = telemetry_for(receiver, reading(probe))
 
     def call(op: str, size: int, pid: int) -> Event:
         return Event(
@@ -160,8 +168,8 @@ def test_event_metrics_count_every_event_with_bounded_attributes(receiver: OtlpR
         )
 
     try:
-        telemetry.sink.emit([call("read", 5, 1), call("read", 50, 2), call("write", 500, 3)])
-        telemetry.sink.emit([call("read", 7, 4), Event("other", 1, {})])
+        OtlpSink(telemetry).emit([call("read", 5, 1), call("read", 50, 2), call("write", 500, 3)])
+        OtlpSink(telemetry).emit([call("read", 7, 4), Event("other", 1, {})])
         telemetry.force_flush()
         reads = receiver.last("vigil.test.calls", vigil__test__op="read")
         assert reads is not None
@@ -186,7 +194,6 @@ def test_event_metrics_count_every_event_with_bounded_attributes(receiver: OtlpR
 
 def test_rule_matches_become_logs_span_events_and_a_counter(receiver: OtlpReceiver) -> None:
     telemetry = telemetry_for(receiver)
-    telemetry.bind_sources(probes=tuple)
     exec_event = Event(
         "process.exec",
         1_000,
@@ -208,7 +215,7 @@ def test_rule_matches_become_logs_span_events_and_a_counter(receiver: OtlpReceiv
         "process.exit", 3_000, {"process.pid": 77, "process.parent_pid": 1, "process.exit.code": 0}
     )
     try:
-        telemetry.sink.emit([exec_event, match, exit_event])
+        OtlpSink(telemetry).emit([exec_event, match, exit_event])
         telemetry.force_flush()
         (record, resource), *_ = receiver.wait_for(receiver.log_records)
         assert record.severity_number == SEVERITY_NUMBER_ERROR
@@ -245,8 +252,10 @@ def test_health_metrics_follow_the_agents_counters(receiver: OtlpReceiver) -> No
         "enrichment": {"cgroup_misses": 4, "pod_misses": 5, "hold_overflow": 0, "held": 0},
         "rules": {"errors": 6},
     }
-    telemetry = telemetry_for(receiver)
-    telemetry.bind_sources(probes=tuple, counters=lambda: counters)
+    readings = Readings()
+    for name, values in counters.items():
+        readings.count(name, lambda values=values: values)  # type: ignore[misc]
+    telemetry = telemetry_for(receiver, readings)
     try:
         telemetry.force_flush()
         outcomes = {
@@ -283,14 +292,13 @@ def test_health_metrics_follow_the_agents_counters(receiver: OtlpReceiver) -> No
 
 def test_event_counters_stay_cumulative_across_exports(receiver: OtlpReceiver) -> None:
     probe = FakeProbe([])
-    telemetry = telemetry_for(receiver)
-    telemetry.bind_sources(probes=lambda: (probe,))
+    telemetry = telemetry_for(receiver, reading(probe))
     call = Event("test.call", 1, {"vigil.test.op": "read", "vigil.test.size": 1})
     try:
-        telemetry.sink.emit([call, call])
+        OtlpSink(telemetry).emit([call, call])
         telemetry.force_flush()
         first = receiver.last("vigil.test.calls", vigil__test__op="read")
-        telemetry.sink.emit([call])
+        OtlpSink(telemetry).emit([call])
         telemetry.force_flush()
         second = receiver.last("vigil.test.calls", vigil__test__op="read")
         assert first is not None
@@ -340,3 +348,32 @@ def test_event_histograms_bound_their_attribute_sets() -> None:
     [overflow] = [p for p in points if p.attributes == {"otel.metric.overflow": True}]
     assert (overflow.count, overflow.sum, list(overflow.bucket_counts)) == (4, 35.0, [0, 3, 1])
     assert (overflow.min, overflow.max, tuple(overflow.explicit_bounds)) == (5.0, 20.0, bounds)
+
+
+def test_an_agent_and_its_telemetry_are_freed_without_the_cycle_collector(
+    receiver: OtlpReceiver,
+) -> None:
+    """No reference cycle ties them: Telemetry reads the agent through Readings only."""
+    import gc
+    import weakref
+
+    from vigil.agent.runtime import Agent
+    from vigil.api.config import AgentConfig
+
+    def build() -> tuple[weakref.ref[Agent], weakref.ref[Telemetry]]:
+        readings = Readings()
+        telemetry = telemetry_for(receiver, readings)
+        agent = Agent(
+            AgentConfig(), sinks=[OtlpSink(telemetry)], probes=["process"], readings=readings
+        )
+        telemetry.shutdown()
+        return weakref.ref(agent), weakref.ref(telemetry)
+
+    gc.collect()
+    gc.disable()
+    try:
+        agent, telemetry = build()
+        assert agent() is None
+        assert telemetry() is None
+    finally:
+        gc.enable()

@@ -14,7 +14,8 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from vigil.agent.telemetry.wire import IdSpan, SpanEncoder, varint
+from vigil.agent.telemetry.idspan import IdSpan
+from vigil.agent.telemetry.wire import SpanEncoder, varint
 
 keys = st.text(min_size=1, max_size=12)
 scalars = st.one_of(

@@ -26,6 +26,8 @@ __all__ = [
     "ProcessProbe",
     "load_config",
     "parse_config",
+    "parse_text",
+    "read_config",
 ]
 
 
@@ -97,13 +99,24 @@ def parse_config(data: object, *, source: str = "config") -> AgentConfig:
         raise ConfigError(f"{source}: {problems}") from None
 
 
-def load_config(path: Path) -> AgentConfig:
+def parse_text(text: str, *, source: str) -> AgentConfig:
+    """A config file's content -> AgentConfig; ConfigError names `source`, field and reason."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    return parse_config(data, source=source)
+
+
+def read_config(path: Path) -> tuple[AgentConfig, str]:
+    """Load a config file, returning its text too (what a watcher compares later versions to)."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, source=str(path))
+    return parse_text(text, source=str(path)), text
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Load and validate a config file; ConfigError names the file, field and reason."""
+    return read_config(path)[0]

@@ -1,0 +1,128 @@
+"""The agent's own health as observable instruments, read at each collection.
+
+Per probe: records received and what became of them, full BPF maps; per
+stage: enrichment misses, rule errors; per signal: export failures and
+drops; and the agent process's CPU time and resident memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from vigil.agent.telemetry.exporters import ExportCounters
+
+log = logging.getLogger(__name__)
+
+_OUTCOMES = (
+    ("dropped_kernel", "dropped_kernel"),
+    ("dropped_queue", "dropped_queue"),
+    ("decode_error", "decode_errors"),
+)
+
+
+def _page_size() -> int:
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+def register_health(
+    meter: Meter, *, counters: Callable[[], Mapping[str, Mapping[str, int]]], export: ExportCounters
+) -> None:
+    """Observable instruments over the agent's counters (read at each collection)."""
+
+    def current() -> Mapping[str, Mapping[str, int]]:
+        try:
+            return counters()
+        except Exception as exc:
+            log.debug("agent counters unavailable: %s", exc)
+            return {}
+
+    def events(_options: CallbackOptions) -> Iterable[Observation]:
+        for name, values in current().items():
+            if "received" not in values:
+                continue  # a stage (enrichment, kubernetes), not a probe
+            lost = values.get("dropped_queue", 0) + values.get("decode_errors", 0)
+            accepted = values["received"] - lost
+            yield Observation(accepted, {"vigil.probe": name, "outcome": "accepted"})
+            for outcome, counter in _OUTCOMES:
+                yield Observation(values.get(counter, 0), {"vigil.probe": name, "outcome": outcome})
+
+    def map_full(_options: CallbackOptions) -> Iterable[Observation]:
+        for name, values in current().items():
+            if "map_full" in values:
+                yield Observation(values["map_full"], {"vigil.probe": name})
+
+    def enrichment(_options: CallbackOptions) -> Iterable[Observation]:
+        values = current().get("enrichment")
+        if values:
+            yield Observation(values.get("cgroup_misses", 0), {"reason": "cgroup"})
+            yield Observation(values.get("pod_misses", 0), {"reason": "pod"})
+
+    def rule_errors(_options: CallbackOptions) -> Iterable[Observation]:
+        values = current().get("rules")
+        if values and "errors" in values:
+            yield Observation(values["errors"])
+
+    def failures(_options: CallbackOptions) -> Iterable[Observation]:
+        for signal in ("traces", "metrics", "logs"):
+            yield Observation(export.failures().get(signal, 0), {"signal": signal})
+
+    def dropped(_options: CallbackOptions) -> Iterable[Observation]:
+        for (signal, reason), count in sorted(export.drops().items()):
+            yield Observation(count, {"signal": signal, "reason": reason})
+
+    def cpu(_options: CallbackOptions) -> Iterable[Observation]:
+        times = os.times()
+        yield Observation(times.user, {"cpu.mode": "user"})
+        yield Observation(times.system, {"cpu.mode": "system"})
+
+    def memory(_options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            with open("/proc/self/statm") as statm:
+                resident = int(statm.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            return
+        yield Observation(resident * _page_size())
+
+    meter.create_observable_counter(
+        "vigil.agent.events",
+        [events],
+        "{event}",
+        "Kernel records per probe and what became of them",
+    )
+    meter.create_observable_counter(
+        "vigil.agent.kernel.map_full",
+        [map_full],
+        "{insert}",
+        "Inserts a full BPF map refused, per probe",
+    )
+    meter.create_observable_counter(
+        "vigil.agent.enrichment.misses",
+        [enrichment],
+        "{event}",
+        "Events sent on without their cgroup (reason=cgroup) or pod (reason=pod) metadata",
+    )
+    meter.create_observable_counter(
+        "vigil.agent.rule.errors", [rule_errors], "{error}", "Rule evaluations that failed"
+    )
+    meter.create_observable_counter(
+        "vigil.agent.export.failures",
+        [failures],
+        "{request}",
+        "Export requests that failed, per signal",
+    )
+    meter.create_observable_counter(
+        "vigil.agent.export.dropped",
+        [dropped],
+        "{item}",
+        "Spans, log records and metric points lost on the way out, per signal and reason",
+    )
+    meter.create_observable_counter(
+        "process.cpu.time", [cpu], "s", "CPU time of the agent process, per mode"
+    )
+    meter.create_observable_up_down_counter(
+        "process.memory.usage", [memory], "By", "Resident memory of the agent process"
+    )

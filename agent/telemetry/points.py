@@ -1,0 +1,118 @@
+"""SDK metric data from vigil's own aggregates: one builder per shape, shared.
+
+Kernel aggregates and event-fed sums and histograms are added up by vigil
+(the SDK's instruments cost more per call than an event's whole handling)
+and handed to the readers as finished metric data, all cumulative since the
+agent started, in the shapes the SDK's own aggregations would produce.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    NumberDataPoint,
+    Sum,
+)
+
+from vigil.agent.pipeline.samples import MetricSpec
+
+log = logging.getLogger(__name__)
+
+Attributes = dict[str, Any]
+AttributeKey = tuple[tuple[str, Any], ...]
+
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
+
+
+def hashable(value: Any) -> Any:
+    """A list attribute value as a tuple (a dict key); anything else as it is."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def attribute_key(attributes: Mapping[str, Any]) -> AttributeKey:
+    """The sorted, hashable form of an attribute set: one series per key."""
+    return tuple(sorted((k, hashable(v)) for k, v in attributes.items()))
+
+
+def warn_if_redeclared(known: MetricSpec, spec: MetricSpec) -> None:
+    """Two sources declaring one metric name with different kinds: the first one stays."""
+    if known.kind != spec.kind:
+        log.warning(
+            "metric %s declared as %s and %s; keeping %s",
+            spec.name,
+            known.kind,
+            spec.kind,
+            known.kind,
+        )
+
+
+def histogram_point(
+    attributes: Attributes,
+    *,
+    start_ns: int,
+    time_ns: int,
+    count: int,
+    total: float,
+    counts: Sequence[int],
+    bounds: Sequence[float],
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> HistogramDataPoint:
+    """One explicit-bucket point (owning `attributes`); None extremes are not exported."""
+    return HistogramDataPoint(
+        attributes=attributes,
+        start_time_unix_nano=start_ns,
+        time_unix_nano=time_ns,
+        count=count,
+        sum=total,
+        bucket_counts=counts,
+        explicit_bounds=bounds,
+        min=minimum,  # type: ignore[arg-type]
+        max=maximum,  # type: ignore[arg-type]
+    )
+
+
+def histogram_metric(spec: MetricSpec, points: list[HistogramDataPoint]) -> Metric:
+    return _metric(spec, Histogram(data_points=points, aggregation_temporality=_CUMULATIVE))
+
+
+def number_metric(
+    spec: MetricSpec,
+    values: Iterable[tuple[Mapping[str, Any] | AttributeKey, int | float]],
+    *,
+    start_ns: int,
+    time_ns: int,
+) -> Metric:
+    """A cumulative sum (counter, up-down counter) or a gauge, one point per attribute set."""
+    gauge = spec.kind == "gauge"
+    points = [
+        NumberDataPoint(
+            attributes=dict(attributes),
+            start_time_unix_nano=0 if gauge else start_ns,
+            time_unix_nano=time_ns,
+            value=value,
+        )
+        for attributes, value in values
+    ]
+    if gauge:
+        return _metric(spec, Gauge(data_points=points))
+    return _metric(
+        spec,
+        Sum(
+            data_points=points,
+            aggregation_temporality=_CUMULATIVE,
+            is_monotonic=spec.kind == "counter",
+        ),
+    )
+
+
+def _metric(spec: MetricSpec, data: Sum | Gauge | Histogram) -> Metric:
+    return Metric(name=spec.name, description=spec.description, unit=spec.unit, data=data)
