@@ -131,36 +131,45 @@ class Telemetry:
         empty one when nothing runs yet, or in tests).
         """
         self.settings = export
-        self.readings = readings = readings if readings is not None else Readings()
+        self.readings = readings if readings is not None else Readings()
         self.counters = ExportCounters()
         self.resource = provider.build_resource(node_name=node_name)
         self._declared: tuple[EventMetric, ...] | None = None
         self._closed = False
-        exporters = exporters or Exporters()
-        timeout_ms = (export.otlp.timeout_ms or 10_000) if otlp else 10_000
+        self._exporters = exporters or Exporters()
+        self._otlp = otlp
+        self._endpoint = endpoint
+        self._timeout_ms = (export.otlp.timeout_ms or 10_000) if otlp else 10_000
+        self._build_metrics()
+        self.spans = self._build_spans()
+        self.rule_logs = self._build_logs()
 
-        def settings(signal: provider.Signal) -> provider.OtlpSettings:
-            return provider.resolve(export.otlp, endpoint=endpoint, signal=signal)
+    def _otlp_settings(self, signal: provider.Signal) -> provider.OtlpSettings:
+        return provider.resolve(self.settings.otlp, endpoint=self._endpoint, signal=signal)
 
-        # -- metrics
+    def _build_metrics(self) -> None:
+        """Readers (OTLP, Prometheus), the provider, event-fed metrics and health."""
+        export = self.settings
         started = time.time_ns()
         self.kernel_metrics = KernelMetrics(
-            readings, attribute_keys=export.metrics.attributes, start_time_ns=started
+            self.readings, attribute_keys=export.metrics.attributes, start_time_ns=started
         )
         self.event_histograms = EventHistograms(start_time_ns=started)
         self.event_sums = EventSums(start_time_ns=started)
         self.aggregates = Aggregates(self.kernel_metrics, self.event_sums, self.event_histograms)
         readers: list[MetricReader] = []
         self._metric_exporter: CountingMetricExporter | None = None
-        if otlp and export.metrics.enabled:
-            inner = exporters.metrics or provider.metric_exporter(settings("metrics"))
+        if self._otlp and export.metrics.enabled:
+            inner = self._exporters.metrics or provider.metric_exporter(
+                self._otlp_settings("metrics")
+            )
             self._metric_exporter = CountingMetricExporter(inner, self.counters)
             readers.append(
                 PeriodicReader(
                     self._metric_exporter,
                     extra_scopes=self.aggregates.scopes,
                     interval_ms=export.metrics.interval_ms,
-                    timeout_ms=timeout_ms,
+                    timeout_ms=self._timeout_ms,
                 )
             )
         self._prometheus_server: Any = None
@@ -178,52 +187,56 @@ class Telemetry:
             attribute_keys=export.metrics.attributes,
             builtin=(RULE_MATCHES,),
         )
-        register_health(meter, counters=readings.counters, export=self.counters)
+        register_health(meter, counters=self.readings.counters, export=self.counters)
 
-        # -- spans
-        self.spans: ProcessSpans | None = None
+    def _build_spans(self) -> ProcessSpans | None:
+        """Process and connection spans through a counting batch processor."""
+        export = self.settings
         self._span_processor: CountingBatchSpanProcessor | None = None
         self._span_exporter: CountingSpanExporter | None = None
-        if otlp and export.spans.enabled:
-            inner_spans = exporters.spans or provider.span_exporter(settings("traces"))
-            self._span_exporter = CountingSpanExporter(inner_spans, self.counters)
-            self._span_processor = CountingBatchSpanProcessor(
-                self._span_exporter,
-                self.counters,
-                max_queue_size=export.spans.max_queue,
-                schedule_delay_millis=export.spans.batch_delay_ms,
-                max_export_batch_size=min(export.spans.max_batch, export.spans.max_queue),
-                export_timeout_millis=timeout_ms,
-            )
-            self.spans = ProcessSpans(
-                self._span_processor,
-                resource=self.resource,
-                settings=export.spans,
-                counters=self.counters,
-            )
+        if not (self._otlp and export.spans.enabled):
+            return None
+        inner = self._exporters.spans or provider.span_exporter(self._otlp_settings("traces"))
+        self._span_exporter = CountingSpanExporter(inner, self.counters)
+        self._span_processor = CountingBatchSpanProcessor(
+            self._span_exporter,
+            self.counters,
+            max_queue_size=export.spans.max_queue,
+            schedule_delay_millis=export.spans.batch_delay_ms,
+            max_export_batch_size=min(export.spans.max_batch, export.spans.max_queue),
+            export_timeout_millis=self._timeout_ms,
+        )
+        return ProcessSpans(
+            self._span_processor,
+            resource=self.resource,
+            settings=export.spans,
+            counters=self.counters,
+        )
 
-        # -- logs (rule matches)
-        self.rule_logs: RuleLogs | None = None
+    def _build_logs(self) -> RuleLogs | None:
+        """Rule matches as log records, linked to their process's span."""
+        export = self.settings
         self.logger_provider: LoggerProvider | None = None
         self._log_processor: CountingBatchLogRecordProcessor | None = None
         self._log_exporter: CountingLogExporter | None = None
-        if otlp and export.logs.enabled:
-            inner_logs = exporters.logs or provider.log_exporter(settings("logs"))
-            self._log_exporter = CountingLogExporter(inner_logs, self.counters)
-            self._log_processor = CountingBatchLogRecordProcessor(
-                self._log_exporter,
-                self.counters,
-                max_queue_size=export.logs.max_queue,
-                max_export_batch_size=min(512, export.logs.max_queue),
-                schedule_delay_millis=export.spans.batch_delay_ms,
-            )
-            self.logger_provider = LoggerProvider(resource=self.resource, shutdown_on_exit=False)
-            self.logger_provider.add_log_record_processor(self._log_processor)
-            spans = self.spans
-            self.rule_logs = RuleLogs(
-                self.logger_provider.get_logger("vigil.agent.rules", __version__),
-                span_context=spans.context_of if spans is not None else (lambda _pid: None),
-            )
+        if not (self._otlp and export.logs.enabled):
+            return None
+        inner = self._exporters.logs or provider.log_exporter(self._otlp_settings("logs"))
+        self._log_exporter = CountingLogExporter(inner, self.counters)
+        self._log_processor = CountingBatchLogRecordProcessor(
+            self._log_exporter,
+            self.counters,
+            max_queue_size=export.logs.max_queue,
+            max_export_batch_size=min(512, export.logs.max_queue),
+            schedule_delay_millis=export.spans.batch_delay_ms,
+        )
+        self.logger_provider = LoggerProvider(resource=self.resource, shutdown_on_exit=False)
+        self.logger_provider.add_log_record_processor(self._log_processor)
+        spans = self.spans
+        return RuleLogs(
+            self.logger_provider.get_logger("vigil.agent.rules", __version__),
+            span_context=spans.context_of if spans is not None else (lambda _pid: None),
+        )
 
     def _start_prometheus(self) -> MetricReader:
         from prometheus_client import CollectorRegistry, start_http_server
