@@ -126,12 +126,10 @@ class EventHistograms(_EventSeries[_Buckets]):
                 [
                     histogram_point(
                         dict(key),
+                        buckets,
+                        bounds=_bounds(spec),
                         start_ns=start,
                         time_ns=time_ns,
-                        count=buckets.count,
-                        total=buckets.sum,
-                        counts=buckets.counts,
-                        bounds=_bounds(spec),
                         minimum=buckets.min,
                         maximum=buckets.max,
                     )

@@ -104,13 +104,7 @@ class KernelMetrics:
             # The kernel keeps slots, not extremes: min and max stay unknown.
             points.append(
                 histogram_point(
-                    dict(key),
-                    start_ns=start,
-                    time_ns=time_ns,
-                    count=buckets.count,
-                    total=buckets.sum,
-                    counts=buckets.counts,
-                    bounds=buckets.bounds,
+                    dict(key), buckets, bounds=buckets.bounds, start_ns=start, time_ns=time_ns
                 )
             )
         return histogram_metric(spec, points)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -54,15 +54,26 @@ def warn_if_redeclared(known: MetricSpec, spec: MetricSpec) -> None:
         )
 
 
+class Buckets(Protocol):
+    """Counts per bucket with their total and sum (kernel slots or event-fed buckets)."""
+
+    @property
+    def counts(self) -> Sequence[int]: ...
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def sum(self) -> float: ...
+
+
 def histogram_point(
     attributes: Attributes,
+    buckets: Buckets,
     *,
+    bounds: Sequence[float],
     start_ns: int,
     time_ns: int,
-    count: int,
-    total: float,
-    counts: Sequence[int],
-    bounds: Sequence[float],
     minimum: float | None = None,
     maximum: float | None = None,
 ) -> HistogramDataPoint:
@@ -71,9 +82,9 @@ def histogram_point(
         attributes=attributes,
         start_time_unix_nano=start_ns,
         time_unix_nano=time_ns,
-        count=count,
-        sum=total,
-        bucket_counts=counts,
+        count=buckets.count,
+        sum=buckets.sum,
+        bucket_counts=buckets.counts,
         explicit_bounds=bounds,
         min=minimum,  # type: ignore[arg-type]
         max=maximum,  # type: ignore[arg-type]

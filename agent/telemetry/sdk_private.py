@@ -32,6 +32,7 @@ attribute.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -132,6 +133,11 @@ class SerializedSpanExporter(OTLPSpanExporter):
 # -- spans -----------------------------------------------------------------------------
 
 
+def _public(field: str) -> Any:
+    """A read-only property returning the attribute `field`."""
+    return property(operator.attrgetter(field))
+
+
 class PlainReadableSpan(ReadableSpan):
     """A ReadableSpan whose fields are plain public attributes, contexts built on demand.
 
@@ -164,49 +170,18 @@ class PlainReadableSpan(ReadableSpan):
     def _parent(self) -> SpanContext | None:  # type: ignore[override]
         return self.span_contexts()[1]
 
-    @property
-    def _name(self) -> str:  # type: ignore[override]
-        return self.name_
-
-    @property
-    def _kind(self) -> SpanKind:  # type: ignore[override]
-        return self.kind_
-
-    @property
-    def _start_time(self) -> int:  # type: ignore[override]
-        return self.start_time_
-
-    @property
-    def _end_time(self) -> int:  # type: ignore[override]
-        return self.end_time_
-
-    @property
-    def _attributes(self) -> Mapping[str, Any]:  # type: ignore[override]
-        return self.attributes_
-
-    @property
-    def _events(self) -> Sequence[SdkEvent]:  # type: ignore[override]
-        return self.events_
-
-    @property
-    def _links(self) -> tuple[()]:  # type: ignore[override]
-        return ()
-
-    @property
-    def _resource(self) -> Resource:  # type: ignore[override]
-        return self.resource_
-
-    @property
-    def _status(self) -> Status:  # type: ignore[override]
-        return self.status_
-
-    @property
-    def _instrumentation_scope(self) -> InstrumentationScope | None:  # type: ignore[override]
-        return self.scope_
-
-    @property
-    def _instrumentation_info(self) -> None:  # type: ignore[override]
-        return None
+    # What ReadableSpan's properties and methods read, mapped onto the public fields.
+    _name = _public("name_")
+    _kind = _public("kind_")
+    _start_time = _public("start_time_")
+    _end_time = _public("end_time_")
+    _attributes = _public("attributes_")
+    _events = _public("events_")
+    _resource = _public("resource_")
+    _status = _public("status_")
+    _instrumentation_scope = _public("scope_")
+    _links = property(lambda _self: ())
+    _instrumentation_info = property(lambda _self: None)
 
 
 # -- metric readers --------------------------------------------------------------------
