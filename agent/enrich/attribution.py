@@ -21,9 +21,20 @@ from dataclasses import asdict, dataclass
 from vigil.agent.enrich.cgroups import CgroupTable
 from vigil.agent.enrich.pods import ContainerInfo, PodCache, PodInfo
 from vigil.agent.pipeline.events import Event
+from vigil.api.attributes import (
+    CONTAINER_IMAGE_NAME,
+    CONTAINER_IMAGE_TAGS,
+    K8S_CONTAINER_NAME,
+    K8S_NAMESPACE_NAME,
+    K8S_NODE_NAME,
+    K8S_POD_NAME,
+    K8S_POD_UID,
+    VIGIL_CGROUP_ID,
+    VIGIL_CGROUP_PATH,
+    k8s_pod_label,
+)
 from vigil.api.events import AttributeValue
 
-CGROUP_ID = "vigil.cgroup.id"
 _CACHE_LIMIT = 65536
 _CGROUP_KINDS = frozenset({"cgroup.mkdir", "cgroup.rmdir"})
 
@@ -46,9 +57,9 @@ def image_attributes(image: str) -> dict[str, AttributeValue]:
     colon = name.rfind(":")
     attrs: dict[str, AttributeValue] = {}
     if colon > slash:
-        attrs["container.image.tags"] = [name[colon + 1 :]]
+        attrs[CONTAINER_IMAGE_TAGS] = [name[colon + 1 :]]
         name = name[:colon]
-    attrs["container.image.name"] = name
+    attrs[CONTAINER_IMAGE_NAME] = name
     return attrs
 
 
@@ -86,16 +97,16 @@ class Enricher:
         self, pod: PodInfo, container: ContainerInfo | None
     ) -> dict[str, AttributeValue]:
         attrs: dict[str, AttributeValue] = {
-            "k8s.pod.uid": pod.uid,
-            "k8s.pod.name": pod.name,
-            "k8s.namespace.name": pod.namespace,
+            K8S_POD_UID: pod.uid,
+            K8S_POD_NAME: pod.name,
+            K8S_NAMESPACE_NAME: pod.namespace,
         }
         for key in self.pod_labels:
             value = pod.labels.get(key)
             if value is not None:
-                attrs[f"k8s.pod.label.{key}"] = value
+                attrs[k8s_pod_label(key)] = value
         if container is not None:
-            attrs["k8s.container.name"] = container.name
+            attrs[K8S_CONTAINER_NAME] = container.name
             if container.image:
                 attrs.update(image_attributes(container.image))
         return attrs
@@ -132,15 +143,15 @@ class Enricher:
         else:
             attrs = resolved[0]  # a fresh dict per call
         if self.node_name:
-            attrs["k8s.node.name"] = self.node_name
+            attrs[K8S_NODE_NAME] = self.node_name
         return attrs
 
     def enrich(self, event: Event) -> bool:
         """Add what is known; False when the event's pod is not known (yet)."""
         attrs = event.attributes
         if self.node_name:
-            attrs["k8s.node.name"] = self.node_name
-        cgroup_id = attrs.get(CGROUP_ID)
+            attrs[K8S_NODE_NAME] = self.node_name
+        cgroup_id = attrs.get(VIGIL_CGROUP_ID)
         if not isinstance(cgroup_id, int):
             return True
         generation = self._generation()
@@ -180,8 +191,8 @@ class Enricher:
         return ready
 
     def _apply_cgroup_event(self, event: Event) -> None:
-        cgroup_id = event.attributes[CGROUP_ID]
-        path = event.attributes["vigil.cgroup.path"]
+        cgroup_id = event.attributes[VIGIL_CGROUP_ID]
+        path = event.attributes[VIGIL_CGROUP_PATH]
         assert isinstance(cgroup_id, int)
         assert isinstance(path, str)
         self._by_cgroup.pop(cgroup_id, None)

@@ -65,11 +65,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-ATTR_CONTAINER_ID = "container.id"
-ATTR_POD_UID = "k8s.pod.uid"
-ATTR_QOS_CLASS = "vigil.k8s.pod.qos_class"
-ATTR_RUNTIME = "container.runtime"
-ATTR_SYSTEMD_UNIT = "vigil.systemd.unit"
+from vigil.api.attributes import (
+    CONTAINER_ID,
+    CONTAINER_RUNTIME,
+    K8S_POD_UID,
+    VIGIL_K8S_POD_QOS_CLASS,
+    VIGIL_SYSTEMD_UNIT,
+)
 
 QOS_GUARANTEED = "guaranteed"
 QOS_BURSTABLE = "burstable"
@@ -94,15 +96,15 @@ class CgroupIdentity:
         """OpenTelemetry attributes for the known fields only."""
         out: dict[str, str] = {}
         if self.container_id is not None:
-            out[ATTR_CONTAINER_ID] = self.container_id
+            out[CONTAINER_ID] = self.container_id
         if self.pod_uid is not None:
-            out[ATTR_POD_UID] = self.pod_uid
+            out[K8S_POD_UID] = self.pod_uid
         if self.qos_class is not None:
-            out[ATTR_QOS_CLASS] = self.qos_class
+            out[VIGIL_K8S_POD_QOS_CLASS] = self.qos_class
         if self.runtime is not None:
-            out[ATTR_RUNTIME] = self.runtime
+            out[CONTAINER_RUNTIME] = self.runtime
         if self.systemd_unit is not None:
-            out[ATTR_SYSTEMD_UNIT] = self.systemd_unit
+            out[VIGIL_SYSTEMD_UNIT] = self.systemd_unit
         return out
 
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vigil.agent.pipeline.events import Event
+from vigil.api.attributes import (
+    PROCESS_COMMAND_ARGS,
+    PROCESS_EXECUTABLE_NAME,
+    PROCESS_EXECUTABLE_PATH,
+    PROCESS_PARENT_PID,
+    PROCESS_PID,
+)
 from vigil.api.events import AttributeValue
-
-PID = "process.pid"
-PPID = "process.parent_pid"
-EXE_PATH = "process.executable.path"
-EXE_NAME = "process.executable.name"
-ARGS = "process.command_args"
 
 
 @dataclass(slots=True)
@@ -80,23 +81,23 @@ class ProcessTable:
             if not kind.startswith("process."):
                 continue
             attrs = event.attributes
-            pid = attrs.get(PID)
+            pid = attrs.get(PROCESS_PID)
             if not isinstance(pid, int):
                 continue
             if kind == "process.exec":
                 self._put(
                     ProcessInfo(
                         pid,
-                        _int(attrs.get(PPID)),
-                        _str(attrs.get(EXE_PATH)),
-                        _str(attrs.get(EXE_NAME)),
-                        _strs(attrs.get(ARGS)),
+                        _int(attrs.get(PROCESS_PARENT_PID)),
+                        _str(attrs.get(PROCESS_EXECUTABLE_PATH)),
+                        _str(attrs.get(PROCESS_EXECUTABLE_NAME)),
+                        _strs(attrs.get(PROCESS_COMMAND_ARGS)),
                     )
                 )
             elif kind == "process.fork":
                 # A fork runs the parent's image until it execs.
-                parent = self._table.get(_int(attrs.get(PPID)))
-                child = ProcessInfo(pid, _int(attrs.get(PPID)))
+                parent = self._table.get(_int(attrs.get(PROCESS_PARENT_PID)))
+                child = ProcessInfo(pid, _int(attrs.get(PROCESS_PARENT_PID)))
                 if parent is not None:
                     child.executable_path = parent.executable_path
                     child.executable_name = parent.executable_name
@@ -111,9 +112,9 @@ class ProcessTable:
     @staticmethod
     def _fill(attrs: dict[str, AttributeValue], info: ProcessInfo) -> None:
         if info.executable_path is not None:
-            attrs[EXE_PATH] = info.executable_path
+            attrs[PROCESS_EXECUTABLE_PATH] = info.executable_path
         if info.executable_name is not None:
-            attrs[EXE_NAME] = info.executable_name
+            attrs[PROCESS_EXECUTABLE_NAME] = info.executable_name
 
 
 def _int(value: object) -> int:

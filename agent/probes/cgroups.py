@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from vigil.agent.pipeline.events import Event
 from vigil.agent.probes.base import DecodeError, Hook, Probe, RecordLayout
+from vigil.api.attributes import VIGIL_CGROUP_ID, VIGIL_CGROUP_PATH
 
 MKDIR, RMDIR = 1, 2
 KINDS = {MKDIR: "cgroup.mkdir", RMDIR: "cgroup.rmdir"}
@@ -40,5 +41,5 @@ class CgroupProbe(Probe):
         return Event(
             kind_name,
             self.context.clock.to_wall_ns(ts),
-            {"vigil.cgroup.id": cgroup_id, "vigil.cgroup.path": path.decode(errors="replace")},
+            {VIGIL_CGROUP_ID: cgroup_id, VIGIL_CGROUP_PATH: path.decode(errors="replace")},
         )

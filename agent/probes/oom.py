@@ -32,6 +32,23 @@ from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.samples import EventMetric, MetricSpec
 from vigil.agent.pipeline.timefmt import rfc3339_ns
 from vigil.agent.probes.base import DecodeError, Hook, Probe, RecordLayout
+from vigil.api.attributes import (
+    PROCESS_CREATION_TIME,
+    PROCESS_EXECUTABLE_NAME,
+    PROCESS_PID,
+    PROCESS_REAL_USER_ID,
+    THREAD_ID,
+    VIGIL_CGROUP_ID,
+    VIGIL_OOM_ANON_RSS,
+    VIGIL_OOM_FILE_RSS,
+    VIGIL_OOM_PGTABLES,
+    VIGIL_OOM_SCORE_ADJ,
+    VIGIL_OOM_SHMEM_RSS,
+    VIGIL_OOM_TOTAL_VM,
+    VIGIL_OOM_TRIGGER_CGROUP_ID,
+    VIGIL_OOM_TRIGGER_NAME,
+    VIGIL_OOM_TRIGGER_PID,
+)
 from vigil.api.events import AttributeValue
 from vigil.api.probes.oom import OomProbe as OomProbeConfig
 
@@ -144,20 +161,20 @@ class OomProbe(Probe):
         ) = RECORD.struct.unpack_from(record)
         to_wall = self.context.clock.to_wall_ns
         attrs: dict[str, AttributeValue] = {
-            "process.pid": pid,
-            "thread.id": tid,
-            "process.executable.name": _comm(comm),
-            "process.real_user.id": uid,
-            "process.creation.time": rfc3339_ns(to_wall(start_time)),
-            "vigil.cgroup.id": cgroup_id,
-            "vigil.oom.total_vm": total_vm_kb * 1024,
-            "vigil.oom.anon_rss": anon_rss_kb * 1024,
-            "vigil.oom.file_rss": file_rss_kb * 1024,
-            "vigil.oom.shmem_rss": shmem_rss_kb * 1024,
-            "vigil.oom.pgtables": pgtables_kb * 1024,
-            "vigil.oom.score_adj": oom_score_adj,
-            "vigil.oom.trigger.pid": trigger_pid,
-            "vigil.oom.trigger.name": _comm(trigger_comm),
-            "vigil.oom.trigger.cgroup.id": trigger_cgroup_id,
+            PROCESS_PID: pid,
+            THREAD_ID: tid,
+            PROCESS_EXECUTABLE_NAME: _comm(comm),
+            PROCESS_REAL_USER_ID: uid,
+            PROCESS_CREATION_TIME: rfc3339_ns(to_wall(start_time)),
+            VIGIL_CGROUP_ID: cgroup_id,
+            VIGIL_OOM_TOTAL_VM: total_vm_kb * 1024,
+            VIGIL_OOM_ANON_RSS: anon_rss_kb * 1024,
+            VIGIL_OOM_FILE_RSS: file_rss_kb * 1024,
+            VIGIL_OOM_SHMEM_RSS: shmem_rss_kb * 1024,
+            VIGIL_OOM_PGTABLES: pgtables_kb * 1024,
+            VIGIL_OOM_SCORE_ADJ: oom_score_adj,
+            VIGIL_OOM_TRIGGER_PID: trigger_pid,
+            VIGIL_OOM_TRIGGER_NAME: _comm(trigger_comm),
+            VIGIL_OOM_TRIGGER_CGROUP_ID: trigger_cgroup_id,
         }
         return Event(KIND, to_wall(ts), attrs)

@@ -16,6 +16,24 @@ from vigil.agent.pipeline.redaction import Redactor
 from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.agent.pipeline.timefmt import parse_rfc3339_ns, rfc3339_ns
 from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext, RecordLayout
+from vigil.api.attributes import (
+    PROCESS_COMMAND_ARGS,
+    PROCESS_CREATION_TIME,
+    PROCESS_EXECUTABLE_NAME,
+    PROCESS_EXECUTABLE_PATH,
+    PROCESS_EXIT_CODE,
+    PROCESS_EXIT_TIME,
+    PROCESS_GROUP_ID,
+    PROCESS_PARENT_PID,
+    PROCESS_PID,
+    PROCESS_USER_ID,
+    VIGIL_CGROUP_ID,
+    VIGIL_PROCESS_ARGS_TRUNCATED,
+    VIGIL_PROCESS_ARGS_UNREADABLE,
+    VIGIL_PROCESS_CORE_DUMPED,
+    VIGIL_PROCESS_EXIT_SIGNAL,
+    VIGIL_PROCESS_STATE_NAME,
+)
 from vigil.api.config import ProcessProbe as ProcessProbeConfig
 from vigil.api.events import AttributeValue
 
@@ -73,7 +91,7 @@ PROCESS_STATE = MetricSpec(
 
 def lifetime_seconds(event: Event) -> float | None:
     """Exit time minus the process's start (both from the kernel); None if unknown."""
-    created = event.attributes.get("process.creation.time")
+    created = event.attributes.get(PROCESS_CREATION_TIME)
     start = parse_rfc3339_ns(created) if isinstance(created, str) else None
     if start is None or start > event.time_ns:
         return None
@@ -85,13 +103,13 @@ def exit_attributes(status: int) -> dict[str, AttributeValue]:
     signal = status & 0x7F
     if signal:
         attrs: dict[str, AttributeValue] = {
-            "process.exit.code": 128 + signal,
-            "vigil.process.exit.signal": signal,
+            PROCESS_EXIT_CODE: 128 + signal,
+            VIGIL_PROCESS_EXIT_SIGNAL: signal,
         }
         if status & 0x80:
-            attrs["vigil.process.core_dumped"] = True
+            attrs[VIGIL_PROCESS_CORE_DUMPED] = True
         return attrs
-    return {"process.exit.code": (status >> 8) & 0xFF}
+    return {PROCESS_EXIT_CODE: (status >> 8) & 0xFF}
 
 
 class ProcessProbe(Probe):
@@ -120,7 +138,7 @@ class ProcessProbe(Probe):
     drops_map: ClassVar[str | None] = "process_drops"
     event_metrics: ClassVar[tuple[EventMetric, ...]] = (
         EventMetric(EXECS, "process.exec"),
-        EventMetric(EXITS, "process.exit", attributes=("process.exit.code",)),
+        EventMetric(EXITS, "process.exit", attributes=(PROCESS_EXIT_CODE,)),
         EventMetric(LIFETIME, "process.exit", value=lifetime_seconds),
     )
 
@@ -161,11 +179,11 @@ class ProcessProbe(Probe):
         """Zombies per cgroup, as their own gauge and as the `zombie` state."""
         points = []
         for cgroup_id, count in self.zombie_counts().items():
-            points.append(MetricPoint(ZOMBIES, {"vigil.cgroup.id": cgroup_id}, count))
+            points.append(MetricPoint(ZOMBIES, {VIGIL_CGROUP_ID: cgroup_id}, count))
             points.append(
                 MetricPoint(
                     PROCESS_STATE,
-                    {"vigil.cgroup.id": cgroup_id, "vigil.process.state_name": "zombie"},
+                    {VIGIL_CGROUP_ID: cgroup_id, VIGIL_PROCESS_STATE_NAME: "zombie"},
                     count,
                 )
             )
@@ -202,30 +220,30 @@ class ProcessProbe(Probe):
 
         to_wall = self.context.clock.to_wall_ns
         attrs: dict[str, AttributeValue] = {
-            "process.pid": pid,
-            "process.parent_pid": ppid,
-            "process.user.id": uid,
-            "process.group.id": gid,
-            "vigil.cgroup.id": cgroup_id,
-            "process.creation.time": rfc3339_ns(to_wall(start_time)),
+            PROCESS_PID: pid,
+            PROCESS_PARENT_PID: ppid,
+            PROCESS_USER_ID: uid,
+            PROCESS_GROUP_ID: gid,
+            VIGIL_CGROUP_ID: cgroup_id,
+            PROCESS_CREATION_TIME: rfc3339_ns(to_wall(start_time)),
         }
         if kind == EXEC:
             start = RECORD.size
             path = record[start : start + filename_len].rstrip(b"\0").decode(errors="replace")
-            attrs["process.executable.path"] = path
-            attrs["process.executable.name"] = os.path.basename(path)
+            attrs[PROCESS_EXECUTABLE_PATH] = path
+            attrs[PROCESS_EXECUTABLE_NAME] = os.path.basename(path)
             if self.config.args.enabled:
                 blob = record[start + filename_len : start + filename_len + args_len]
                 args, truncated = self._split_args(blob, args_len < args_total)
-                attrs["process.command_args"] = self._redactor.redact(args)
+                attrs[PROCESS_COMMAND_ARGS] = self._redactor.redact(args)
                 if truncated:
-                    attrs["vigil.process.args_truncated"] = True
+                    attrs[VIGIL_PROCESS_ARGS_TRUNCATED] = True
                 if flags & F_ARGS_UNREADABLE:
-                    attrs["vigil.process.args_unreadable"] = True
+                    attrs[VIGIL_PROCESS_ARGS_UNREADABLE] = True
         else:
-            attrs["process.executable.name"] = comm.split(b"\0", 1)[0].decode(errors="replace")
+            attrs[PROCESS_EXECUTABLE_NAME] = comm.split(b"\0", 1)[0].decode(errors="replace")
             if kind == EXIT:
-                attrs["process.exit.time"] = rfc3339_ns(to_wall(ts))
+                attrs[PROCESS_EXIT_TIME] = rfc3339_ns(to_wall(ts))
                 attrs.update(exit_attributes(exit_status))
         return Event(kind_name, to_wall(ts), attrs)
 

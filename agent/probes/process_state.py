@@ -31,6 +31,7 @@ from vigil.agent.pipeline.samples import MetricPoint
 from vigil.agent.probes import cgroup_maps
 from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext
 from vigil.agent.probes.process import PROCESS_STATE
+from vigil.api.attributes import VIGIL_CGROUP_ID, VIGIL_PROCESS_STATE_NAME
 from vigil.api.probes.process_state import ProcessStateProbe as ProcessStateConfig
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def metric_points(counts: dict[int, int]) -> list[MetricPoint]:
     return [
         MetricPoint(
             STATE,
-            {"vigil.cgroup.id": cgroup_id, "vigil.process.state_name": UNINTERRUPTIBLE},
+            {VIGIL_CGROUP_ID: cgroup_id, VIGIL_PROCESS_STATE_NAME: UNINTERRUPTIBLE},
             count,
         )
         for cgroup_id, count in sorted(counts.items())

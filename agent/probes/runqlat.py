@@ -25,6 +25,7 @@ from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
 from vigil.agent.pipeline.samples import MetricPoint, MetricSpec
 from vigil.agent.probes import cgroup_maps
 from vigil.agent.probes.base import DecodeError, Hook, Probe
+from vigil.api.attributes import VIGIL_CGROUP_ID
 from vigil.api.events import AttributeValue
 from vigil.api.probes.runqlat import RunqlatProbe as RunqlatConfig
 
@@ -78,9 +79,9 @@ def metric_points(
     """Preemption counters and (when on) wait histograms, one of each per cgroup."""
     points = []
     for cgroup_id, sched in sorted(cgroups.items()):
-        points.append(MetricPoint(PREEMPTIONS, {"vigil.cgroup.id": cgroup_id}, sched.preemptions))
+        points.append(MetricPoint(PREEMPTIONS, {VIGIL_CGROUP_ID: cgroup_id}, sched.preemptions))
         if histogram:
-            attributes: dict[str, AttributeValue] = {"vigil.cgroup.id": cgroup_id}
+            attributes: dict[str, AttributeValue] = {VIGIL_CGROUP_ID: cgroup_id}
             points.append(MetricPoint(RUNQUEUE_LATENCY, attributes, sched.waits))
     return points
 

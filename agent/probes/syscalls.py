@@ -27,6 +27,16 @@ from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
 from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext, RecordLayout
+from vigil.api.attributes import (
+    PROCESS_EXECUTABLE_NAME,
+    PROCESS_PID,
+    THREAD_ID,
+    THREAD_NAME,
+    VIGIL_CGROUP_ID,
+    VIGIL_SYSCALL_DURATION_NS,
+    VIGIL_SYSCALL_ERRNO,
+    VIGIL_SYSCALL_NAME,
+)
 from vigil.api.events import AttributeValue
 from vigil.api.probes.syscall_names import name_of
 from vigil.api.probes.syscalls import SyscallsProbe as SyscallsProbeConfig
@@ -118,7 +128,7 @@ class SyscallsProbe(Probe):
     ring_buffers: ClassVar[tuple[str, ...]] = ("syscalls_events",)
     drops_map: ClassVar[str | None] = "syscalls_drops"
     event_metrics: ClassVar[tuple[EventMetric, ...]] = (
-        EventMetric(SLOW, KIND_SLOW, attributes=("vigil.syscall.name",)),
+        EventMetric(SLOW, KIND_SLOW, attributes=(VIGIL_SYSCALL_NAME,)),
     )
 
     config: SyscallsProbeConfig
@@ -203,16 +213,16 @@ class SyscallsProbe(Probe):
             RECORD.struct.unpack(record)
         )
         attrs: dict[str, AttributeValue] = {
-            "process.pid": pid,
-            "thread.id": tid,
-            "process.executable.name": _text(leader_comm),
-            "thread.name": _text(comm),
-            "vigil.cgroup.id": cgroup_id,
-            "vigil.syscall.name": name_of(nr),
-            "vigil.syscall.duration_ns": duration,
+            PROCESS_PID: pid,
+            THREAD_ID: tid,
+            PROCESS_EXECUTABLE_NAME: _text(leader_comm),
+            THREAD_NAME: _text(comm),
+            VIGIL_CGROUP_ID: cgroup_id,
+            VIGIL_SYSCALL_NAME: name_of(nr),
+            VIGIL_SYSCALL_DURATION_NS: duration,
         }
         if -MAX_ERRNO <= ret < 0:
-            attrs["vigil.syscall.errno"] = -ret
+            attrs[VIGIL_SYSCALL_ERRNO] = -ret
         return Event(KIND_SLOW, self.context.clock.to_wall_ns(ts), attrs)
 
     # -- aggregates ------------------------------------------------------------
@@ -236,8 +246,8 @@ class SyscallsProbe(Probe):
                 kept = sorted(rows, key=lambda row: (-row[1][0], row[0]))[:top]
             for nr, words in kept:
                 attrs: dict[str, AttributeValue] = {
-                    "vigil.cgroup.id": cgroup_id,
-                    "vigil.syscall.name": name_of(nr),
+                    VIGIL_CGROUP_ID: cgroup_id,
+                    VIGIL_SYSCALL_NAME: name_of(nr),
                 }
                 count, errors = words[:2]
                 points.append(MetricPoint(CALLS, attrs, count))

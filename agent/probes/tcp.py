@@ -22,6 +22,27 @@ from vigil.agent.kernel import features, mounts
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
 from vigil.agent.probes.base import DecodeError, Hook, Probe, RecordLayout
+from vigil.api.attributes import (
+    ERROR_TYPE,
+    NETWORK_IO_DIRECTION,
+    NETWORK_LOCAL_ADDRESS,
+    NETWORK_LOCAL_PORT,
+    NETWORK_PEER_ADDRESS,
+    NETWORK_PEER_PORT,
+    NETWORK_TRANSPORT,
+    NETWORK_TYPE,
+    PROCESS_EXECUTABLE_NAME,
+    PROCESS_PID,
+    VIGIL_CGROUP_ID,
+    VIGIL_TCP_BYTES_RECEIVED,
+    VIGIL_TCP_BYTES_SENT,
+    VIGIL_TCP_DIRECTION,
+    VIGIL_TCP_DURATION_NS,
+    VIGIL_TCP_FAILED,
+    VIGIL_TCP_OWNER_UNKNOWN,
+    VIGIL_TCP_RETRANSMITS,
+    VIGIL_TCP_UNTRACKED,
+)
 from vigil.api.events import AttributeValue
 from vigil.api.probes.tcp import TcpProbe as TcpProbeConfig
 
@@ -62,12 +83,6 @@ RECORD = RecordLayout(
     ]
 )
 
-DIRECTION = "vigil.tcp.direction"
-BYTES_SENT = "vigil.tcp.bytes_sent"
-BYTES_RECEIVED = "vigil.tcp.bytes_received"
-DURATION_NS = "vigil.tcp.duration_ns"
-FAILED = "vigil.tcp.failed"
-
 CONNECTIONS = MetricSpec(
     "vigil.tcp.connections",
     "counter",
@@ -101,11 +116,11 @@ RETRANSMITS = MetricSpec(
 
 
 def _established(event: Event) -> float | None:
-    return None if event.attributes.get(FAILED) else 1
+    return None if event.attributes.get(VIGIL_TCP_FAILED) else 1
 
 
 def _failed(event: Event) -> float | None:
-    return 1 if event.attributes.get(FAILED) else None
+    return 1 if event.attributes.get(VIGIL_TCP_FAILED) else None
 
 
 def _attribute(key: str, *, scale: float = 1.0) -> Any:
@@ -204,31 +219,31 @@ def _event(offset_ns: int, record: bytes) -> Event:
     if direction >= _DIRECTION_COUNT:
         raise DecodeError(f"unknown direction {direction}")
     attrs: dict[str, AttributeValue] = {
-        "network.transport": "tcp",
-        "network.type": network_type,
-        "network.local.address": local,
-        "network.local.port": sport,
-        "network.peer.address": peer,
-        "network.peer.port": dport,
-        DIRECTION: DIRECTIONS[direction],
-        BYTES_SENT: bytes_sent,
-        BYTES_RECEIVED: bytes_received,
-        "vigil.tcp.retransmits": total_retrans,
-        "vigil.cgroup.id": cgroup_id,
+        NETWORK_TRANSPORT: "tcp",
+        NETWORK_TYPE: network_type,
+        NETWORK_LOCAL_ADDRESS: local,
+        NETWORK_LOCAL_PORT: sport,
+        NETWORK_PEER_ADDRESS: peer,
+        NETWORK_PEER_PORT: dport,
+        VIGIL_TCP_DIRECTION: DIRECTIONS[direction],
+        VIGIL_TCP_BYTES_SENT: bytes_sent,
+        VIGIL_TCP_BYTES_RECEIVED: bytes_received,
+        VIGIL_TCP_RETRANSMITS: total_retrans,
+        VIGIL_CGROUP_ID: cgroup_id,
     }
     if flags & F_OPEN_SEEN:
-        attrs[DURATION_NS] = ts - start_ns
+        attrs[VIGIL_TCP_DURATION_NS] = ts - start_ns
     else:
-        attrs["vigil.tcp.untracked"] = True
+        attrs[VIGIL_TCP_UNTRACKED] = True
     if flags & F_OWNER_KNOWN:
-        attrs["process.pid"] = pid
-        attrs["process.executable.name"] = _comm(comm)
+        attrs[PROCESS_PID] = pid
+        attrs[PROCESS_EXECUTABLE_NAME] = _comm(comm)
     else:
-        attrs["vigil.tcp.owner_unknown"] = True
+        attrs[VIGIL_TCP_OWNER_UNKNOWN] = True
     if oldstate in (SYN_SENT, SYN_RECV):
-        attrs[FAILED] = True
+        attrs[VIGIL_TCP_FAILED] = True
     if error:
-        attrs["error.type"] = errno.errorcode.get(error, str(error))
+        attrs[ERROR_TYPE] = errno.errorcode.get(error, str(error))
     return Event(KIND, ts + offset_ns, attrs)
 
 
@@ -284,23 +299,28 @@ class TcpProbe(Probe):
     ring_buffers: ClassVar[tuple[str, ...]] = ("tcp_events",)
     drops_map: ClassVar[str | None] = "tcp_drops"
     event_metrics: ClassVar[tuple[EventMetric, ...]] = (
-        EventMetric(CONNECTIONS, KIND, _established, attributes=(DIRECTION,)),
-        EventMetric(FAILURES, KIND, _failed, attributes=(DIRECTION, "error.type")),
+        EventMetric(CONNECTIONS, KIND, _established, attributes=(VIGIL_TCP_DIRECTION,)),
+        EventMetric(FAILURES, KIND, _failed, attributes=(VIGIL_TCP_DIRECTION, ERROR_TYPE)),
         EventMetric(
             BYTES,
             KIND,
-            _attribute(BYTES_SENT),
-            attributes=(DIRECTION,),
-            constant_attributes={"network.io.direction": "transmit"},
+            _attribute(VIGIL_TCP_BYTES_SENT),
+            attributes=(VIGIL_TCP_DIRECTION,),
+            constant_attributes={NETWORK_IO_DIRECTION: "transmit"},
         ),
         EventMetric(
             BYTES,
             KIND,
-            _attribute(BYTES_RECEIVED),
-            attributes=(DIRECTION,),
-            constant_attributes={"network.io.direction": "receive"},
+            _attribute(VIGIL_TCP_BYTES_RECEIVED),
+            attributes=(VIGIL_TCP_DIRECTION,),
+            constant_attributes={NETWORK_IO_DIRECTION: "receive"},
         ),
-        EventMetric(DURATION, KIND, _attribute(DURATION_NS, scale=1e-9), attributes=(DIRECTION,)),
+        EventMetric(
+            DURATION,
+            KIND,
+            _attribute(VIGIL_TCP_DURATION_NS, scale=1e-9),
+            attributes=(VIGIL_TCP_DIRECTION,),
+        ),
     )
 
     config: TcpProbeConfig
@@ -358,7 +378,7 @@ class TcpProbe(Probe):
 
     def collect(self) -> list[MetricPoint]:
         return [
-            MetricPoint(RETRANSMITS, {"vigil.cgroup.id": cgroup_id}, count)
+            MetricPoint(RETRANSMITS, {VIGIL_CGROUP_ID: cgroup_id}, count)
             for cgroup_id, count in sorted(self.retransmit_counts().items())
         ]
 

@@ -24,6 +24,12 @@ import cel
 
 from vigil.agent.pipeline.events import Event
 from vigil.agent.rules import analysis
+from vigil.api.attributes import (
+    VIGIL_RULE_EVENT_KIND,
+    VIGIL_RULE_NAME,
+    VIGIL_RULE_POLICY,
+    VIGIL_RULE_SEVERITY,
+)
 from vigil.api.config import ConfigError
 from vigil.api.events import AttributeValue
 from vigil.api.policies import Rule
@@ -31,10 +37,6 @@ from vigil.api.policies import Rule
 log = logging.getLogger(__name__)
 
 MATCH_KIND = "rule.match"
-ATTR_NAME = "vigil.rule.name"
-ATTR_SEVERITY = "vigil.rule.severity"
-ATTR_POLICY = "vigil.rule.policy"
-ATTR_EVENT_KIND = "vigil.rule.event_kind"
 
 # What a rule may refer to; anything else fails on every event.
 VARIABLES = frozenset({"kind", "attributes"})
@@ -247,8 +249,8 @@ class RuleRunner:
 
 def match_event(rule: CompiledRule, event: Event) -> Event:
     attrs: dict[str, AttributeValue] = dict(event.attributes)
-    attrs[ATTR_NAME] = rule.name
-    attrs[ATTR_SEVERITY] = rule.severity
-    attrs[ATTR_POLICY] = rule.policy
-    attrs[ATTR_EVENT_KIND] = event.kind
+    attrs[VIGIL_RULE_NAME] = rule.name
+    attrs[VIGIL_RULE_SEVERITY] = rule.severity
+    attrs[VIGIL_RULE_POLICY] = rule.policy
+    attrs[VIGIL_RULE_EVENT_KIND] = event.kind
     return Event(MATCH_KIND, event.time_ns, attrs)

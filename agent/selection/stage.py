@@ -26,15 +26,17 @@ from vigil.agent.rules.engine import NO_RULES, Plan, RuleRunner
 from vigil.agent.selection.kernel import KernelSelection
 from vigil.agent.selection.policies import CompiledPolicy, PolicySet, match_subject
 from vigil.agent.selection.subjects import SubjectResolver
+from vigil.api.attributes import (
+    PROCESS_EXECUTABLE_PATH,
+    PROCESS_PID,
+    PROCESS_USER_ID,
+    VIGIL_CGROUP_ID,
+    VIGIL_POLICY_NAMES,
+)
 from vigil.api.events import AttributeValue
 
 log = logging.getLogger(__name__)
 
-CGROUP_ID = "vigil.cgroup.id"
-POLICY_NAMES = "vigil.policy.names"
-EXE_PATH = "process.executable.path"
-USER_ID = "process.user.id"
-PID = "process.pid"
 _CACHE_LIMIT = 65536
 
 # cgroup id -> (policies covering it, some could not decide, some have filters)
@@ -130,7 +132,7 @@ class PolicyStage:
             # never passed on unselected.
             try:
                 attrs = event.attributes
-                cgroup_id = attrs.get(CGROUP_ID)
+                cgroup_id = attrs.get(VIGIL_CGROUP_ID)
                 key = cgroup_id if isinstance(cgroup_id, int) else None
                 verdict = by_cgroup.get(key)
                 if verdict is None:
@@ -155,7 +157,7 @@ class PolicyStage:
                     counters.unresolved += 1
                 continue
             counters.kept += 1
-            attrs[POLICY_NAMES] = state.names_of(matched)
+            attrs[VIGIL_POLICY_NAMES] = state.names_of(matched)
             out.append(event)
             if with_rules:
                 plan = state.plan(matched, event.kind)
@@ -178,7 +180,7 @@ class PolicyStage:
         looked_up = False
         kept = []
         for policy in matched:
-            if policy.uids and attrs.get(USER_ID) not in policy.uids:
+            if policy.uids and attrs.get(PROCESS_USER_ID) not in policy.uids:
                 continue
             if policy.executable_prefixes:
                 if not looked_up:
@@ -190,9 +192,9 @@ class PolicyStage:
 
     def _executable(self, attrs: dict[str, AttributeValue]) -> object:
         """The event's executable, from the event or (network events...) the process table."""
-        path = attrs.get(EXE_PATH)
+        path = attrs.get(PROCESS_EXECUTABLE_PATH)
         if path is None and self.process_table is not None:
-            pid = attrs.get(PID)
+            pid = attrs.get(PROCESS_PID)
             info = self.process_table.get(pid) if isinstance(pid, int) else None
             path = info.executable_path if info is not None else None
         return path

@@ -10,6 +10,20 @@ from rich.table import Table
 from rich.text import Text
 
 from vigil.agent.pipeline.events import Event
+from vigil.api.attributes import (
+    CONTAINER_ID,
+    K8S_NAMESPACE_NAME,
+    K8S_POD_NAME,
+    PROCESS_COMMAND_ARGS,
+    PROCESS_EXECUTABLE_NAME,
+    PROCESS_EXECUTABLE_PATH,
+    PROCESS_EXIT_CODE,
+    PROCESS_PARENT_PID,
+    PROCESS_PID,
+    VIGIL_PROCESS_EXIT_SIGNAL,
+    VIGIL_RULE_EVENT_KIND,
+    VIGIL_SYSTEMD_UNIT,
+)
 
 _COLUMNS = (
     ("TIME", 12, "dim"),
@@ -30,13 +44,13 @@ _PIPE_WIDTH = 200  # not a terminal: long lines rather than wrapped columns
 
 
 def _where(attrs: Mapping[str, object]) -> str:
-    namespace, pod = attrs.get("k8s.namespace.name"), attrs.get("k8s.pod.name")
+    namespace, pod = attrs.get(K8S_NAMESPACE_NAME), attrs.get(K8S_POD_NAME)
     if namespace and pod:
         return f"{namespace}/{pod}"
-    for key in ("vigil.systemd.unit", "container.id"):
+    for key in (VIGIL_SYSTEMD_UNIT, CONTAINER_ID):
         value = attrs.get(key)
         if isinstance(value, str):
-            return value[:12] if key == "container.id" else value
+            return value[:12] if key == CONTAINER_ID else value
     return f"cgroup:{attrs.get('vigil.cgroup.id', '?')}"
 
 
@@ -49,19 +63,19 @@ def _detail(event: Event) -> Text:
             f"({attrs.get('vigil.rule.policy')}) ",
             style="bold red",
         )
-        matched = Event(str(attrs.get("vigil.rule.event_kind", "")), event.time_ns, attrs)
+        matched = Event(str(attrs.get(VIGIL_RULE_EVENT_KIND, "")), event.time_ns, attrs)
         return head + _detail(matched)
     if event.kind == "process.exit":
-        code = attrs.get("process.exit.code")
-        signal = attrs.get("vigil.process.exit.signal")
+        code = attrs.get(PROCESS_EXIT_CODE)
+        signal = attrs.get(VIGIL_PROCESS_EXIT_SIGNAL)
         text = Text(f"{attrs.get('process.executable.name', '?')} exit={code}")
         if signal:
             text.append(f" signal={signal}", style="red")
         elif code:
             text.stylize("red")
         return text
-    args = attrs.get("process.command_args")
-    path = attrs.get("process.executable.path") or attrs.get("process.executable.name", "?")
+    args = attrs.get(PROCESS_COMMAND_ARGS)
+    path = attrs.get(PROCESS_EXECUTABLE_PATH) or attrs.get(PROCESS_EXECUTABLE_NAME, "?")
     if isinstance(args, list) and args:
         return Text(f"{path} {' '.join(args[1:])}".rstrip())
     return Text(str(path))
@@ -98,8 +112,8 @@ class ConsoleSink:
             table.add_row(
                 stamp,
                 _where(attrs),
-                str(attrs.get("process.pid", "")),
-                str(attrs.get("process.parent_pid", "")),
+                str(attrs.get(PROCESS_PID, "")),
+                str(attrs.get(PROCESS_PARENT_PID, "")),
                 Text(event.kind.rpartition(".")[2], style=_EVENT_STYLE.get(event.kind, "")),
                 _detail(event),
             )

@@ -32,11 +32,12 @@ from vigil.agent.telemetry.points import (
     number_metric,
     warn_if_redeclared,
 )
+from vigil.api.attributes import OTEL_METRIC_OVERFLOW
 
 # Distinct attribute sets kept per event-fed metric (the SDK's default
 # cardinality limit); more land in one `otel.metric.overflow=true` point.
 CARDINALITY = 2000
-_OVERFLOW: AttributeKey = (("otel.metric.overflow", True),)
+_OVERFLOW: AttributeKey = ((OTEL_METRIC_OVERFLOW, True),)
 
 V = TypeVar("V")
 

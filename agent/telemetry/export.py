@@ -47,6 +47,7 @@ from vigil.agent.telemetry.kernel_metrics import KERNEL_SCOPE, KernelMetrics
 from vigil.agent.telemetry.logs import RuleLogs
 from vigil.agent.telemetry.readers import PeriodicReader, PrometheusReader
 from vigil.agent.telemetry.spans import ProcessSpans
+from vigil.api.attributes import VIGIL_RULE_NAME, VIGIL_RULE_POLICY, VIGIL_RULE_SEVERITY
 from vigil.api.export import Export
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ METER_SCOPE = InstrumentationScope("vigil.agent", __version__)
 RULE_MATCHES = EventMetric(
     MetricSpec("vigil.rule.matches", "counter", "{match}", "Events a policy rule matched"),
     "rule.match",
-    attributes=("vigil.rule.name", "vigil.rule.severity", "vigil.rule.policy"),
+    attributes=(VIGIL_RULE_NAME, VIGIL_RULE_SEVERITY, VIGIL_RULE_POLICY),
 )
 
 

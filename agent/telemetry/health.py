@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from vigil.agent.telemetry.exporters import ExportCounters
+from vigil.api.attributes import CPU_MODE, OUTCOME, REASON, SIGNAL, VIGIL_PROBE
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +47,20 @@ def register_health(
                 continue  # a stage (enrichment, kubernetes), not a probe
             lost = values.get("dropped_queue", 0) + values.get("decode_errors", 0)
             accepted = values["received"] - lost
-            yield Observation(accepted, {"vigil.probe": name, "outcome": "accepted"})
+            yield Observation(accepted, {VIGIL_PROBE: name, OUTCOME: "accepted"})
             for outcome, counter in _OUTCOMES:
-                yield Observation(values.get(counter, 0), {"vigil.probe": name, "outcome": outcome})
+                yield Observation(values.get(counter, 0), {VIGIL_PROBE: name, OUTCOME: outcome})
 
     def map_full(_options: CallbackOptions) -> Iterable[Observation]:
         for name, values in current().items():
             if "map_full" in values:
-                yield Observation(values["map_full"], {"vigil.probe": name})
+                yield Observation(values["map_full"], {VIGIL_PROBE: name})
 
     def enrichment(_options: CallbackOptions) -> Iterable[Observation]:
         values = current().get("enrichment")
         if values:
-            yield Observation(values.get("cgroup_misses", 0), {"reason": "cgroup"})
-            yield Observation(values.get("pod_misses", 0), {"reason": "pod"})
+            yield Observation(values.get("cgroup_misses", 0), {REASON: "cgroup"})
+            yield Observation(values.get("pod_misses", 0), {REASON: "pod"})
 
     def rule_errors(_options: CallbackOptions) -> Iterable[Observation]:
         values = current().get("rules")
@@ -68,16 +69,16 @@ def register_health(
 
     def failures(_options: CallbackOptions) -> Iterable[Observation]:
         for signal in ("traces", "metrics", "logs"):
-            yield Observation(export.failures().get(signal, 0), {"signal": signal})
+            yield Observation(export.failures().get(signal, 0), {SIGNAL: signal})
 
     def dropped(_options: CallbackOptions) -> Iterable[Observation]:
         for (signal, reason), count in sorted(export.drops().items()):
-            yield Observation(count, {"signal": signal, "reason": reason})
+            yield Observation(count, {SIGNAL: signal, REASON: reason})
 
     def cpu(_options: CallbackOptions) -> Iterable[Observation]:
         times = os.times()
-        yield Observation(times.user, {"cpu.mode": "user"})
-        yield Observation(times.system, {"cpu.mode": "system"})
+        yield Observation(times.user, {CPU_MODE: "user"})
+        yield Observation(times.system, {CPU_MODE: "system"})
 
     def memory(_options: CallbackOptions) -> Iterable[Observation]:
         try:

@@ -30,10 +30,10 @@ from vigil.agent.telemetry.points import (
     histogram_point,
     number_metric,
 )
+from vigil.api.attributes import VIGIL_CGROUP_ID
 
 log = logging.getLogger(__name__)
 
-CGROUP_ID = "vigil.cgroup.id"
 KERNEL_SCOPE = InstrumentationScope("vigil.agent.kernel", __version__)
 
 
@@ -56,14 +56,14 @@ class KernelMetrics:
     def attributes(self, point: MetricPoint) -> Attributes:
         """The point's own attributes, its cgroup replaced by the configured pod-level ones."""
         attributes = point.attributes
-        cgroup_id = attributes.get(CGROUP_ID)
+        cgroup_id = attributes.get(VIGIL_CGROUP_ID)
         if not isinstance(cgroup_id, int):
             return dict(attributes)
         resolved = self._readings.cgroup_attributes(cgroup_id)
         if resolved is None:  # unknown cgroup: keep the id rather than merge it away
             return dict(attributes)
         result = {k: resolved[k] for k in self.attribute_keys if k in resolved}
-        result.update((k, v) for k, v in attributes.items() if k != CGROUP_ID)
+        result.update((k, v) for k, v in attributes.items() if k != VIGIL_CGROUP_ID)
         return result
 
     def convert(self, points: Iterable[MetricPoint], time_ns: int) -> list[Metric]:

@@ -10,6 +10,7 @@ from opentelemetry._logs import Logger, SeverityNumber
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from vigil.agent.pipeline.events import Event
+from vigil.api.attributes import PROCESS_PID, VIGIL_RULE_NAME, VIGIL_RULE_SEVERITY
 
 RULE_MATCH = "rule.match"
 
@@ -37,9 +38,9 @@ class RuleLogs:
 
     def emit(self, event: Event) -> None:
         attrs = event.attributes
-        severity = str(attrs.get("vigil.rule.severity", "medium"))
+        severity = str(attrs.get(VIGIL_RULE_SEVERITY, "medium"))
         context = None
-        span_context = self._span_context(attrs.get("process.pid"))
+        span_context = self._span_context(attrs.get(PROCESS_PID))
         if span_context is not None:
             context = trace.set_span_in_context(NonRecordingSpan(span_context))
         self._logger.emit(
@@ -48,7 +49,7 @@ class RuleLogs:
             context=context,
             severity_number=SEVERITIES.get(severity, SeverityNumber.WARN),
             severity_text=severity.upper(),
-            body=f"rule {attrs.get('vigil.rule.name', '?')} matched",
+            body=f"rule {attrs.get(VIGIL_RULE_NAME, '?')} matched",
             attributes=attrs,
             event_name=RULE_MATCH,
         )

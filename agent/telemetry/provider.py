@@ -20,12 +20,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from vigil import __version__
+from vigil.api.attributes import HOST_NAME, K8S_NODE_NAME, SERVICE_NAME, SERVICE_VERSION
 from vigil.api.export import Otlp, check_endpoint
 
 Signal = Literal["traces", "metrics", "logs"]
 Protocol = Literal["grpc", "http/protobuf"]
 PROTOCOLS: tuple[Protocol, ...] = ("grpc", "http/protobuf")
-SERVICE_NAME = "vigil-agent"
+SERVICE = "vigil-agent"
 
 
 class TelemetryError(ValueError):
@@ -38,12 +39,12 @@ def build_resource(*, node_name: str | None, version: str = __version__) -> Reso
     OTEL_RESOURCE_ATTRIBUTES adds to it (the SDK's detector); ours win on conflicts.
     """
     attributes: dict[str, str] = {
-        "service.name": SERVICE_NAME,
-        "service.version": version,
-        "host.name": socket.gethostname(),
+        SERVICE_NAME: SERVICE,
+        SERVICE_VERSION: version,
+        HOST_NAME: socket.gethostname(),
     }
     if node_name:
-        attributes["k8s.node.name"] = node_name
+        attributes[K8S_NODE_NAME] = node_name
     return Resource.create(attributes)
 
 

@@ -43,20 +43,35 @@ from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.timefmt import parse_rfc3339_ns
 from vigil.agent.telemetry.exporters import ExportCounters
 from vigil.agent.telemetry.idspan import IdSpan
+from vigil.api.attributes import (
+    ERROR_TYPE,
+    PROCESS_CREATION_TIME,
+    PROCESS_EXECUTABLE_NAME,
+    PROCESS_EXIT_CODE,
+    PROCESS_EXIT_TIME,
+    PROCESS_PARENT_PID,
+    PROCESS_PID,
+    VIGIL_PROCESS_EXIT_SIGNAL,
+    VIGIL_PROCESS_RUNNING,
+    VIGIL_RULE_NAME,
+    VIGIL_RULE_POLICY,
+    VIGIL_RULE_SEVERITY,
+    VIGIL_SYSCALL_DURATION_NS,
+    VIGIL_SYSCALL_ERRNO,
+    VIGIL_SYSCALL_NAME,
+    VIGIL_TCP_DIRECTION,
+    VIGIL_TCP_DURATION_NS,
+)
 from vigil.api.events import AttributeValue
 from vigil.api.export import Spans as SpanSettings
 
-PID = "process.pid"
-PPID = "process.parent_pid"
-EXE_NAME = "process.executable.name"
-RUNNING = "vigil.process.running"
 SCOPE = InstrumentationScope("vigil.agent.spans", __version__)
 RECENT_LIMIT = 4096  # ended spans whose context late events may still need
 
 _UNSET = Status(StatusCode.UNSET)
 _OOM_KILLED = Status(StatusCode.ERROR, "OOM killed")
 # The span's own start and end: not repeated as attributes.
-_SPAN_TIMES = ("process.creation.time", "process.exit.time")
+_SPAN_TIMES = (PROCESS_CREATION_TIME, PROCESS_EXIT_TIME)
 _TCP_KINDS = {"client": SpanKind.CLIENT, "server": SpanKind.SERVER}
 
 
@@ -80,10 +95,10 @@ def exit_status(attributes: Mapping[str, AttributeValue], *, oom_killed: bool) -
     """ERROR for an OOM kill, a signal or a non-zero exit code; UNSET otherwise."""
     if oom_killed:
         return _OOM_KILLED
-    signal = attributes.get("vigil.process.exit.signal")
+    signal = attributes.get(VIGIL_PROCESS_EXIT_SIGNAL)
     if signal:
         return Status(StatusCode.ERROR, f"killed by signal {signal}")
-    code = attributes.get("process.exit.code")
+    code = attributes.get(PROCESS_EXIT_CODE)
     if code:
         return Status(StatusCode.ERROR, f"exit code {code}")
     return _UNSET
@@ -196,9 +211,9 @@ class ProcessSpans:
 
     def _state(self, event: Event, start_ns: int) -> _Open:
         attributes = event.attributes
-        name = attributes.get(EXE_NAME)
+        name = attributes.get(PROCESS_EXECUTABLE_NAME)
         return self._new_state(
-            self.ids_of(attributes.get(PPID)),
+            self.ids_of(attributes.get(PROCESS_PARENT_PID)),
             name if type(name) is str and name else "process",
             start_ns,
             attributes,
@@ -259,7 +274,7 @@ class ProcessSpans:
         attributes = dict(state.attributes)
         for key in _SPAN_TIMES:
             attributes.pop(key, None)
-        attributes[RUNNING] = True
+        attributes[VIGIL_PROCESS_RUNNING] = True
         self._emit(state, end_ns, attributes, _UNSET, SpanKind.INTERNAL)
 
     def _add_event(self, pid: object, name: str, event: Event, keys: Iterable[str]) -> None:
@@ -279,7 +294,7 @@ class ProcessSpans:
     # -- per event kind --------------------------------------------------------------
 
     def _on_fork(self, event: Event) -> None:
-        pid = event.attributes.get(PID)
+        pid = event.attributes.get(PROCESS_PID)
         if not isinstance(pid, int):
             return
         stale = self._open.pop(pid, None)
@@ -288,7 +303,7 @@ class ProcessSpans:
         self._track(pid, self._state(event, event.time_ns), event.time_ns)
 
     def _on_exec(self, event: Event) -> None:
-        pid = event.attributes.get(PID)
+        pid = event.attributes.get(PROCESS_PID)
         if not isinstance(pid, int):
             return
         state = self._open.get(pid)
@@ -296,18 +311,18 @@ class ProcessSpans:
             self._track(pid, self._state(event, event.time_ns), event.time_ns)
             return
         # Same process, new program: the span takes the new image's name and attributes.
-        state.name = str(event.attributes.get(EXE_NAME) or state.name)
+        state.name = str(event.attributes.get(PROCESS_EXECUTABLE_NAME) or state.name)
         state.attributes = event.attributes
 
     def _on_exit(self, event: Event) -> None:
         attrs = event.attributes
-        pid = attrs.get(PID)
+        pid = attrs.get(PROCESS_PID)
         if not isinstance(pid, int):
             return
         state = self._open.pop(pid, None)
         if state is None:
             # Started before the agent (or its fork was lost): span its whole life.
-            created = attrs.get("process.creation.time")
+            created = attrs.get(PROCESS_CREATION_TIME)
             start = parse_rfc3339_ns(created) if isinstance(created, str) else None
             state = self._state(event, start if start is not None else event.time_ns)
         # What the process was (start attributes) wins; the exit adds its own keys.
@@ -315,16 +330,16 @@ class ProcessSpans:
         attributes.update(state.attributes)
         for key in _SPAN_TIMES:
             attributes.pop(key, None)
-        code = attrs.get("process.exit.code")
+        code = attrs.get(PROCESS_EXIT_CODE)
         if code:
-            attributes["error.type"] = str(code)
+            attributes[ERROR_TYPE] = str(code)
             status = exit_status(attrs, oom_killed=state.oom_killed)
         else:
             status = _OOM_KILLED if state.oom_killed else _UNSET
         self._finish(pid, state, event.time_ns, attributes, status)
 
     def _on_oom_kill(self, event: Event) -> None:
-        pid = event.attributes.get(PID)
+        pid = event.attributes.get(PROCESS_PID)
         state = self._open.get(pid) if isinstance(pid, int) else None
         if state is not None:
             state.oom_killed = True
@@ -332,11 +347,11 @@ class ProcessSpans:
 
     def _on_tcp_close(self, event: Event) -> None:
         attrs = event.attributes
-        duration = attrs.get("vigil.tcp.duration_ns")
+        duration = attrs.get(VIGIL_TCP_DURATION_NS)
         start = event.time_ns - duration if isinstance(duration, int) else event.time_ns
-        parent = self.ids_of(attrs.get(PID))
+        parent = self.ids_of(attrs.get(PROCESS_PID))
         name = "tcp.connection"
-        direction = attrs.get("vigil.tcp.direction")
+        direction = attrs.get(VIGIL_TCP_DIRECTION)
         kind = (
             _TCP_KINDS.get(direction, SpanKind.INTERNAL)
             if isinstance(direction, str)
@@ -347,16 +362,16 @@ class ProcessSpans:
 
     def _on_syscall_slow(self, event: Event) -> None:
         self._add_event(
-            event.attributes.get(PID),
+            event.attributes.get(PROCESS_PID),
             "syscall.slow",
             event,
-            ("vigil.syscall.name", "vigil.syscall.duration_ns", "vigil.syscall.errno"),
+            (VIGIL_SYSCALL_NAME, VIGIL_SYSCALL_DURATION_NS, VIGIL_SYSCALL_ERRNO),
         )
 
     def _on_rule_match(self, event: Event) -> None:
         self._add_event(
-            event.attributes.get(PID),
+            event.attributes.get(PROCESS_PID),
             "rule.match",
             event,
-            ("vigil.rule.name", "vigil.rule.severity", "vigil.rule.policy"),
+            (VIGIL_RULE_NAME, VIGIL_RULE_SEVERITY, VIGIL_RULE_POLICY),
         )

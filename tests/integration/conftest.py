@@ -4,9 +4,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.agent import CollectingSink, running
+from tests.support.agent import CollectingSink, fail_on_attribute_problems, running
 from vigil.agent.runtime import Agent
 from vigil.api.config import AgentConfig
+
+
+@pytest.fixture(autouse=True)
+def _attributes_are_registered() -> Iterator[None]:
+    """Every event a CollectingSink saw during the test used registered attribute keys."""
+    yield
+    fail_on_attribute_problems()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,20 +17,44 @@ from tests.support.bpf import require_bpf
 from vigil.agent.kernel import mounts
 from vigil.agent.pipeline.events import Event
 from vigil.agent.runtime import Agent
+from vigil.api import attributes
 from vigil.api.config import AgentConfig
+
+# Distinct problems kept per sink: enough to name every offending key.
+PROBLEMS_KEPT = 50
 
 
 class CollectingSink:
-    """A sink that keeps every event and lets a test wait for the ones it caused."""
+    """A sink that keeps every event and lets a test wait for the ones it caused.
+
+    It also checks every event's attributes against vigil.api.attributes (key
+    registered, value of the registered type): what is wrong is kept, and
+    fail_on_attribute_problems() fails the test with it (tests/integration's
+    conftest calls it after every test, running() when its agent stops).
+    """
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self._changed = threading.Condition()
+        self._problems: dict[str, None] = {}  # ordered, without repeats
+        _SINKS.add(self)
 
     def emit(self, events: Sequence[Event]) -> None:
         with self._changed:
+            problems = self._problems
+            for event in events:
+                if len(problems) >= PROBLEMS_KEPT:
+                    break
+                for problem in attributes.problems(event.attributes):
+                    problems[f"{event.kind} event: {problem}"] = None
             self.events.extend(events)
             self._changed.notify_all()
+
+    def take_attribute_problems(self) -> list[str]:
+        """What the events emitted so far carried that the registry does not allow (cleared)."""
+        with self._changed:
+            found, self._problems = list(self._problems), {}
+        return found
 
     def close(self) -> None:
         pass
@@ -50,6 +75,22 @@ class CollectingSink:
                 if len(found) >= count or remaining <= 0:
                     return found
                 self._changed.wait(min(remaining, 0.1))
+
+
+_SINKS: weakref.WeakSet[CollectingSink] = weakref.WeakSet()
+
+
+def fail_on_attribute_problems(*sinks: CollectingSink) -> None:
+    """Fail when events reaching `sinks` (default: every live CollectingSink) carried a key
+    missing from vigil.api.attributes or a value of another type than registered."""
+    problems = [
+        problem for sink in sinks or list(_SINKS) for problem in sink.take_attribute_problems()
+    ]
+    if problems:
+        raise AssertionError(
+            "events carried attributes vigil.api.attributes does not register "
+            "(add the key there, or fix the code that wrote it):\n  " + "\n  ".join(problems)
+        )
 
 
 def of_pid(pid: int, kind: str | None = None) -> Callable[[Event], bool]:
@@ -157,3 +198,4 @@ def running(config: AgentConfig, probes: Sequence[str]) -> Iterator[tuple[Agent,
         yield agent, sink
     finally:
         agent.stop()
+    fail_on_attribute_problems(sink)  # the last events come at stop

@@ -11,16 +11,23 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from vigil.api.attributes import (
+    K8S_CONTAINER_NAME,
+    K8S_NAMESPACE_NAME,
+    K8S_NODE_NAME,
+    K8S_POD_NAME,
+    PROCESS_EXECUTABLE_NAME,
+)
 from vigil.api.base import ApiModel
 
 # Pod-level attributes plus the executable: bounded by the pods and binaries of
 # one node. Never pids, arguments or peer addresses (unbounded).
 DEFAULT_METRIC_ATTRIBUTES: tuple[str, ...] = (
-    "k8s.namespace.name",
-    "k8s.pod.name",
-    "k8s.container.name",
-    "k8s.node.name",
-    "process.executable.name",
+    K8S_NAMESPACE_NAME,
+    K8S_POD_NAME,
+    K8S_CONTAINER_NAME,
+    K8S_NODE_NAME,
+    PROCESS_EXECUTABLE_NAME,
 )
 
 
