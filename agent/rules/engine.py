@@ -20,10 +20,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import cel
-
 from vigil.agent.pipeline.events import Event
 from vigil.agent.rules import analysis
+from vigil.api.cel_ext import cel
 from vigil.api.config import ConfigError
 from vigil.api.events import AttributeValue
 from vigil.api.policies import Rule
