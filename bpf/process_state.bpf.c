@@ -109,17 +109,13 @@ int vigil_process_state_wakeup(struct bpf_raw_tracepoint_args *ctx)
     return 0;
 }
 
-/* TP_PROTO(struct cgroup *cgrp, const char *path). Raw: the classic form's
- * argument struct would clash with other probes' in one compiled module. */
-int vigil_process_state_rmdir(struct bpf_raw_tracepoint_args *ctx)
+/* A removed cgroup's count is reported once more, then deleted (vigil.h). */
+static __always_inline void process_state_retire(u64 cgroup_id)
 {
-    u64 cgroup_id = vigil_cgroup_v2_id((void *)ctx->args[0]);
     u8 one = 1;
 
-    if (!cgroup_id)
-        return 0; /* a cgroup v1 hierarchy: ids of another space */
     if (process_state_counts.lookup(&cgroup_id) &&
         process_state_retired.update(&cgroup_id, &one) < 0)
         process_state_drops.increment(VIGIL_DROP_MAP_FULL);
-    return 0;
 }
+VIGIL_ON_CGROUP_RMDIR(vigil_process_state_rmdir, process_state_retire)

@@ -112,6 +112,34 @@ static __always_inline u64 vigil_cgroup_v2_id(void *cgrp)
     VIGIL_READ(hierarchy, root, cgroup_root__hierarchy_id);
     return hierarchy == 0 ? vigil_cgroup_id(cgrp) : 0;
 }
+
+/* Probes that keep values per cgroup (runqlat, process_state) retire a cgroup
+ * when its directory is removed: their cgroup_rmdir program marks it in their
+ * "retired" map if they hold values for it, and the agent reports those values
+ * once more, then deletes both entries (agent/probes/cgroup_maps.py).
+ *
+ *     static __always_inline void myprobe_retire(u64 cgroup_id) { ...maps... }
+ *     VIGIL_ON_CGROUP_RMDIR(vigil_myprobe_rmdir, myprobe_retire)
+ *
+ * defines that program, `vigil_myprobe_rmdir`, for the probe's Hook on
+ * raw_tracepoint cgroup:cgroup_rmdir; it calls `retire` with the id of every
+ * removed cgroup v2 directory. The map calls stay in the probe's file: bcc
+ * rewrites `map.lookup(...)` only where it is spelled out there (in a macro or
+ * a macro's argument it stops with "cannot use map function inside a macro",
+ * and a map passed to a helper by address reaches the verifier as a scalar).
+ *
+ * Raw, TP_PROTO(struct cgroup *cgrp, const char *path): the classic form's
+ * argument struct would clash with the cgroups probe's, which reads the
+ * classic form for the path, when both are compiled into one module. */
+#define VIGIL_ON_CGROUP_RMDIR(program, retire)                                  \
+    int program(struct bpf_raw_tracepoint_args *ctx)                            \
+    {                                                                           \
+        u64 cgroup_id = vigil_cgroup_v2_id((void *)ctx->args[0]);               \
+                                                                                \
+        if (cgroup_id) /* else a cgroup v1 hierarchy: ids of another space */   \
+            retire(cgroup_id);                                                  \
+        return 0;                                                               \
+    }
 #endif
 #endif
 

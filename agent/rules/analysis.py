@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import cel
+from vigil.api.cel_ext import cel
 
 # One token per match; anything the scanner does not know stops the analysis.
 _TOKEN = re.compile(

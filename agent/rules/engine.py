@@ -20,8 +20,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import cel
-
 from vigil.agent.pipeline.events import Event
 from vigil.agent.rules import analysis
 from vigil.api.attributes import (
@@ -30,6 +28,7 @@ from vigil.api.attributes import (
     VIGIL_RULE_POLICY,
     VIGIL_RULE_SEVERITY,
 )
+from vigil.api.cel_ext import cel
 from vigil.api.config import ConfigError
 from vigil.api.events import AttributeValue
 from vigil.api.policies import Rule

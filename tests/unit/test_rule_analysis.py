@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import cel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vigil.agent.rules.analysis import attribute_keys, kinds_of, tokenize
+from vigil.api.cel_ext import cel
 
 
 @pytest.mark.parametrize(

@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import cel
 import yaml
 from pydantic import BaseModel
 
+from vigil.api.cel_ext import cel
 from vigil.api.policy import (
     CLUSTER_KIND,
     GROUP,

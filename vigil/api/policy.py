@@ -23,7 +23,6 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, get_args
 
-import cel
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -37,6 +36,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 
 from vigil.api.base import ApiModel
+from vigil.api.cel_ext import cel
 from vigil.api.policies import AppliedPolicy, Filters, Rule
 from vigil.api.probes import Probes
 from vigil.api.probes.common import RingBuffer

@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import cel
 import jsonschema
+
+from vigil.api.cel_ext import cel
 
 from .resources import ResourceType
 
