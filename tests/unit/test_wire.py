@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -15,6 +16,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from vigil.agent.telemetry.wire import IdSpan, SpanEncoder, varint
+
+pytestmark = pytest.mark.telemetry
 
 keys = st.text(min_size=1, max_size=12)
 scalars = st.one_of(
