@@ -2,7 +2,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: setup run test lint bench doctor
+.PHONY: setup run test test-otel-floor lint bench doctor
 
 setup:
 	@bash scripts/setup.sh
@@ -10,8 +10,15 @@ setup:
 run: setup
 	$(VENV)/bin/vigil-agent run $(ARGS)
 
+# ARGS go to the main pytest run; the floor run is the `telemetry` tests, always.
 test: setup lint
 	$(VENV)/bin/python -m pytest $(ARGS)
+	@bash scripts/test-otel-floor.sh
+
+# The `telemetry` tests against the lowest OpenTelemetry releases pyproject.toml
+# allows, in their own .venv-otel-floor (vigil uses private SDK names).
+test-otel-floor: setup
+	@bash scripts/test-otel-floor.sh
 
 lint:
 	$(VENV)/bin/ruff check .

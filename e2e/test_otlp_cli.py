@@ -15,6 +15,8 @@ from tests.support.cli import AGENT, refused, wait_for_stderr
 from tests.support.otlp_receiver import OtlpReceiver, free_port
 from vigil.api.events import EventRecord
 
+pytestmark = pytest.mark.telemetry
+
 
 @pytest.mark.bpf
 def test_outputs_combine_and_running_processes_end_their_spans(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from vigil.agent.telemetry.export import Telemetry
 from vigil.api.config import AgentConfig
 from vigil.api.export import Export, Metrics, Otlp, Spans
 
-pytestmark = pytest.mark.bpf
+pytestmark = [pytest.mark.bpf, pytest.mark.telemetry]
 
 STATUS_UNSET, STATUS_ERROR = 0, 2
 KIND_INTERNAL = 1

@@ -24,7 +24,7 @@ from vigil.agent.telemetry.export import Telemetry
 from vigil.api.config import AgentConfig
 from vigil.api.export import Export, Prometheus
 
-pytestmark = pytest.mark.bpf
+pytestmark = [pytest.mark.bpf, pytest.mark.telemetry]
 
 PROMETHEUS = shutil.which("prometheus")
 

@@ -14,6 +14,8 @@ from vigil.agent.telemetry.wire import GrpcSpanExporter
 from vigil.api.config import ConfigError, parse_config
 from vigil.api.export import Export, Otlp, Prometheus
 
+pytestmark = pytest.mark.telemetry
+
 OTEL_VARIABLES = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -20,6 +21,8 @@ from vigil.agent.telemetry.exporters import (
 from vigil.agent.telemetry.idspan import IdSpan
 from vigil.agent.telemetry.spans import SCOPE
 from vigil.agent.telemetry.wire import GrpcSpanExporter
+
+pytestmark = pytest.mark.telemetry
 
 RESOURCE = Resource.create({"service.name": "vigil-agent"})
 

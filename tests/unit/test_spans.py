@@ -18,6 +18,8 @@ from vigil.agent.telemetry.exporters import ExportCounters
 from vigil.agent.telemetry.spans import ProcessSpans
 from vigil.api.export import Spans
 
+pytestmark = pytest.mark.telemetry
+
 RESOURCE = Resource.create({"service.name": "vigil-agent"})
 T0 = 1_700_000_000_000_000_000
 NOW = T0 + 999_000_000_000

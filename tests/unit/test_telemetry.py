@@ -24,6 +24,8 @@ from vigil.agent.telemetry.export import Telemetry
 from vigil.api.events import AttributeValue
 from vigil.api.export import Export, Metrics, Otlp, Spans
 
+pytestmark = pytest.mark.telemetry
+
 LATENCY = MetricSpec("vigil.test.latency", "histogram", "s", "test", scale=1e-9)
 BYTES = MetricSpec("vigil.test.bytes", "counter", "By", "test")
 QUEUED = MetricSpec("vigil.test.queued", "gauge", "{item}", "test")

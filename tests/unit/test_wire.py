@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -16,6 +17,8 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from vigil.agent.telemetry.idspan import IdSpan
 from vigil.agent.telemetry.wire import SpanEncoder, varint
+
+pytestmark = pytest.mark.telemetry
 
 keys = st.text(min_size=1, max_size=12)
 scalars = st.one_of(
