@@ -44,6 +44,8 @@ from vigil.agent.telemetry.sdk_private import (
     exporter_preferences,
 )
 
+pytestmark = pytest.mark.telemetry  # also run against the lowest pinned SDK (make test)
+
 RESOURCE = Resource.create({"service.name": "vigil-agent"})
 SCOPE = InstrumentationScope("vigil.agent.spans", "1")
 
