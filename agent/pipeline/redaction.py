@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from vigil.api.patterns import compile_pattern, group_number
+from vigil.api.patterns import compile_pattern, compile_set, group_number
 
 REDACTED = "REDACTED"
 
@@ -24,13 +24,19 @@ class Redactor:
         self.patterns = tuple(patterns)
         compiled = [compile_pattern(p) for p in self.patterns]
         self._patterns: list[tuple[Any, int]] = [(c, group_number(c, "value")) for c in compiled]
+        # Which patterns match at all, in one pass; only those run again for their spans.
+        self._set = compile_set(self.patterns) if self.patterns else None
 
     def __bool__(self) -> bool:
         return bool(self._patterns)
 
     def _masked_spans(self, line: str) -> list[tuple[int, int]]:
-        spans = []
-        for pattern, group in self._patterns:
+        spans: list[tuple[int, int]] = []
+        hits = self._set.Match(line) if self._set is not None else None
+        if not hits:
+            return spans
+        for index in hits:
+            pattern, group = self._patterns[index]
             for match in pattern.finditer(line):
                 start, end = match.span(group)
                 if end > start:
