@@ -173,8 +173,9 @@ class KernelSelection:
                 self._write_mode(bpf, mode | self._mode)
         for bpf in self._modules:
             self._write(bpf, changed, removed)
-        for bpf in self._modules:
-            self._write_mode(bpf, mode)
+        if mode != self._mode:  # written on changes only, like the entries
+            for bpf in self._modules:
+                self._write_mode(bpf, mode)
         self._mode = mode
         self._entries = entries
 
