@@ -31,6 +31,7 @@ from vigil.api.policy import (
     Policy,
     PolicyError,
     applied,
+    disabled_probes,
     parse_policy,
     requested_probes,
 )
@@ -85,7 +86,11 @@ def in_force(policy: Policy, base: AgentConfig) -> str:
     rules_text = f"{rules} rule{'s' * (rules != 1)}"
     probes = requested_probes(spec.probes)
     if policy.kind == CLUSTER_KIND:
-        return f"node-wide: probes {', '.join(probes)}; {rules_text}"
+        off = disabled_probes(policy)
+        parts = [f"node-wide: probes {', '.join(probes)}"] if probes else []
+        if off:
+            parts.append(f"off for everyone: {', '.join(off)}")
+        return "; ".join([*parts, rules_text])
     everyone = [p for p in probes if getattr(base.probes, p).enabled]
     own = [p for p in probes if p not in everyone]
     parts = []

@@ -9,7 +9,9 @@ Merging rules (README, "Who may set what"):
 - The base config is the floor: what every node observes and exports for all pods and
   the host. No accepted policy: it stands as it is.
 - Only ClusterProbePolicies change node-wide settings: a probe one names is on for
-  everyone, its parameters merge into the node's (below), and so does its export.
+  everyone, its parameters merge into the node's (below), and so does its export. A
+  probe one lists in `disabledProbes` is off for everyone, whoever names it (the
+  policies naming it still get it for what they select).
 - A namespaced ProbePolicy changes nothing node-wide: its probes, its argv capture
   (`AppliedPolicy.capture`) and its rules reach the agent in its own AppliedPolicy, and
   the agent applies them to the cgroups of the pods it selects only. A probe the node
@@ -48,6 +50,7 @@ from vigil.api.policy import (
     ProbePolicy,
     ProcessPolicy,
     applied,
+    disabled_probes,
     iter_parameters,
 )
 from vigil.api.probes.process import ProcessProbe
@@ -67,6 +70,7 @@ def render(policies: Iterable[Policy], base: AgentConfig | None = None) -> Agent
     if not ordered:
         return base
     cluster = [p for p in ordered if p.kind == CLUSTER_KIND]
+    off = {name for p in cluster for name in disabled_probes(p)}
     probes: dict[str, Any] = {}
     for name, settings in SETTINGS_MODELS.items():
         current = getattr(base.probes, name)
@@ -80,6 +84,8 @@ def render(policies: Iterable[Policy], base: AgentConfig | None = None) -> Agent
             probes[name] = _merge_process(current, parameters)
         else:
             probes[name] = _merge_parameters(current, parameters, settings)
+        if name in off:
+            probes[name] = _with(probes[name], enabled=False)
     return AgentConfig.model_validate(
         {
             **_fields(base),

@@ -186,6 +186,23 @@ CASES: list[tuple[dict[str, Any], str | None, str | None]] = [
         ".spec.probes.process.redact[0]: Invalid value: ",
         "spec.probes.process.redact[0]: String should have at most 256 characters",
     ),
+    # Only a cluster policy turns probes off for everyone.
+    (obj("ClusterProbePolicy", disabledProbes=["process"]), None, None),
+    (
+        obj("ClusterProbePolicy"),
+        ".spec.probes: Invalid value: name at least one probe in probes or disabledProbes",
+        "spec.probes: name at least one probe",
+    ),
+    (
+        obj(probes={"tcp": {}}, disabledProbes=["process"]),
+        ".spec: Invalid value: Additional properties are not allowed ('disabledProbes' was",
+        "spec.disabledProbes: unknown field",
+    ),
+    (
+        obj("ClusterProbePolicy", disabledProbes=["bogus"]),
+        ".spec.disabledProbes[0]: Invalid value: 'bogus' is not one of",
+        "spec.disabledProbes[0]: Input should be 'process'",
+    ),
     # The pathological pattern of issue 12: accepted, since RE2 runs it in linear time.
     (obj(probes={"process": {"redact": ["(?P<value>(\\w+\\s?)+)$"]}}), None, None),
     # What only the operator can check: RE2 compiles, CEL compiles and its cost is bounded.

@@ -82,6 +82,18 @@ def test_cluster_probes_add_to_the_base_and_node_settings_are_kept() -> None:
     assert only_node.probes.enabled() == ["process", "tcp", "runqlat"]  # the base's process too
 
 
+def test_a_cluster_policy_turns_probes_off_for_everyone() -> None:
+    off = pp("quiet", None, disabledProbes=["process", "tcp"])
+    config = render([off, NODE, TENANT], BASE)
+    assert config.probes.enabled() == ["runqlat"]  # off wins over NODE naming tcp
+    # The policies naming tcp and process still get them for what they select.
+    assert config.running_probes() == ["process", "tcp", "runqlat"]
+    assert render([off], BASE).probes.enabled() == []
+    assert render([NODE, off], BASE) == config.model_copy(
+        update={"policies": tuple(p for p in config.policies if p.name != "shop")}
+    )
+
+
 def test_the_most_detailed_cluster_capture_wins() -> None:
     args = render([WEB, DB], BASE).probes.process.args
     assert args.max_args == 64

@@ -10,11 +10,13 @@ import contextlib
 import re
 import threading
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
 
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.redaction import Redactor
@@ -27,8 +29,15 @@ from vigil.agent.selection.subjects import SubjectResolver
 from vigil.api.config import AgentConfig
 from vigil.api.patterns import compile_pattern
 from vigil.api.policies import AppliedPolicy, ArgsCapture
-from vigil.api.policy import PolicyRule, ProcessPolicy
+from vigil.api.policy import (
+    API_VERSION,
+    PARAMETER_MODELS,
+    PolicyRule,
+    ProbeName,
+    ProcessPolicy,
+)
 from vigil.api.probes.process import ArgumentCapture, check_redactions
+from vigil.operator.handlers import verdict
 
 PATHOLOGICAL = r"(?P<value>(\w+\s?)+)$"
 SELECTION_C = Path(__file__).resolve().parents[2] / "bpf" / "selection.bpf.c"
@@ -145,3 +154,40 @@ def test_without_attribution_node_wide_events_pass_and_policy_only_ones_do_not()
     assert "vigil.policy.names" not in exec_event.attributes
     counters = stage.counters.as_dict()
     assert (counters["unselected"], counters["dropped"]) == (1, 1)
+
+
+def test_disabled_probe_names_are_the_probes() -> None:
+    assert list(get_args(ProbeName)) == [to_camel(name) for name in PARAMETER_MODELS]
+
+
+def test_the_status_says_what_is_in_force_and_where() -> None:
+    tenant = {
+        "apiVersion": API_VERSION,
+        "kind": "ProbePolicy",
+        "metadata": {"name": "t", "namespace": "a"},
+        "spec": {"probes": {"tcp": {}, "process": {"maxBytes": 4095, "redact": ["x"]}}},
+    }
+    assert verdict(tenant) == (
+        "True",
+        "Valid",
+        "probes tcp for the pods it selects; process already observed for every pod by the "
+        "node; argv capture for its pods: maxBytes 4095, 1 redaction; 0 rules on its pods' events",
+    )
+    quiet = {
+        "apiVersion": API_VERSION,
+        "kind": "ClusterProbePolicy",
+        "metadata": {"name": "quiet"},
+        "spec": {"probes": {"oom": {}}, "disabledProbes": ["process"]},
+    }
+    assert verdict(quiet) == (
+        "True",
+        "Valid",
+        "node-wide: probes oom; off for everyone: process; 0 rules",
+    )
+    lower = {**tenant, "spec": {"probes": {"process": {"maxArgBytes": 8}}}}
+    assert verdict(lower, AgentConfig()) == (
+        "False",
+        "Invalid",
+        "spec.probes.process.maxArgBytes: 8 is below the node's 256; a ProbePolicy may only "
+        "raise capture for its pods (unset: the node's)",
+    )

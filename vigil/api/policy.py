@@ -191,6 +191,7 @@ _probe_fields: dict[str, Any] = {
     name: (model | None, Field(None, description=_summary(SETTINGS_MODELS[name])))
     for name, model in PARAMETER_MODELS.items()
 }
+ProbeName = Literal["process", "tcp", "runqlat", "syscalls", "oom", "processState"]
 PolicyProbes: type[ApiModel] = create_model(
     "PolicyProbes",
     __base__=ApiModel,
@@ -198,6 +199,12 @@ PolicyProbes: type[ApiModel] = create_model(
     "unknown probe names are errors.",
     **_probe_fields,
 )
+
+
+def disabled_probes(policy: ProbePolicy | ClusterProbePolicy) -> list[str]:
+    """Probe names (snake case) a cluster policy turns off node-wide."""
+    wire = {to_camel(name): name for name in PARAMETER_MODELS}
+    return [wire[name] for name in getattr(policy.spec, "disabled_probes", ())]
 
 
 def requested_probes(probes: BaseModel) -> list[str]:
@@ -421,7 +428,7 @@ class ProbePolicySpec(ApiModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ProbePolicySpec:
-        if not requested_probes(self.probes):
+        if not requested_probes(self.probes) and not getattr(self, "disabled_probes", ()):
             raise ValueError("probes: name at least one probe, e.g. {process: {}}")
         seen: dict[str, int] = {}
         for index, rule in enumerate(self.rules):
@@ -437,10 +444,33 @@ class ProbePolicySpec(ApiModel):
 class ClusterProbePolicySpec(ProbePolicySpec):
     """Selects pods across namespaces; without any selector: every process on the node."""
 
-    model_config = ConfigDict(json_schema_extra={})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.probes) && size(self.probes) > 0) || "
+                    "(has(self.disabledProbes) && size(self.disabledProbes) > 0)",
+                    "message": "name at least one probe in probes or disabledProbes",
+                    "fieldPath": ".probes",
+                }
+            ]
+        }
+    )
 
     namespace_selector: LabelSelector | None = Field(
         None, description="namespaces by their labels; unset: every namespace (and host processes)"
+    )
+    probes: PolicyProbes = Field(
+        default_factory=PolicyProbes,
+        description="probe name -> parameters, e.g. {process: {captureArgs: true}, tcp: {}}: "
+        "on for everyone on the node; may be empty when disabledProbes names some",
+    )
+    disabled_probes: tuple[ProbeName, ...] = Field(
+        (),
+        max_length=len(PARAMETER_MODELS),
+        description="probes turned off for everyone on the node (the base config's included); "
+        "wins over policies naming them, whose selections still get them",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 
