@@ -37,6 +37,7 @@ from vigil.agent.probes import registry
 from vigil.agent.probes.base import Probe, ProbeContext, ProbeError
 from vigil.agent.probes.cgroups import CgroupProbe
 from vigil.agent.probes.process import ProcessProbe
+from vigil.agent.selection.capture import widened
 from vigil.agent.selection.kernel import KernelSelection
 from vigil.agent.selection.policies import PolicySet, compile_policies
 from vigil.agent.selection.stage import PolicyStage
@@ -68,9 +69,10 @@ class Agent:
         """`readings` is what exporters were handed to read this agent by (filled here)."""
         self.config = config
         self.readings = readings if readings is not None else Readings()
-        policies = compile_policies(config.policies, source=config_source)
         self.sinks = list(sinks)
-        self.probe_names = list(probes) if probes is not None else config.probes.enabled()
+        self._probes_pinned = probes is not None
+        self.probe_names = list(probes) if probes is not None else config.running_probes()
+        policies = self._compile(config, config_source)
         unknown = sorted(set(self.probe_names) - registry.PROBES.keys())
         if unknown:
             known = ", ".join(registry.PROBES)
@@ -94,7 +96,6 @@ class Agent:
         )
         self.policy_stage.install(policies)
         stages.append(self.policy_stage)
-        self._probes_pinned = probes is not None
         self._reconfigure_lock = threading.RLock()
         self._reload_hooks: list[Callable[[AgentConfig], None]] = []
         self._running = False
@@ -181,7 +182,7 @@ class Agent:
         wanted = []
         for name in self.probe_names:
             try:
-                wanted.append(registry.create(name, context, self.config))
+                wanted.append(registry.create(name, context, widened(self.config)))
             except ProbeError as exc:
                 self.report.failed[name] = str(exc)
         if self.enricher is not None:
@@ -268,6 +269,21 @@ class Agent:
         self.config_counters["rejected"] += 1
         log.error("new config rejected, the previous one stays in force: %s", exc)
 
+    def _compile(self, config: AgentConfig, source: str) -> PolicySet:
+        """The config's policies over what the node observes for everyone.
+
+        Probes named with --probes are the host operator's choice: node-wide.
+        """
+        node_wide = (
+            frozenset(self.probe_names) if self._probes_pinned else config.node_wide_probes()
+        )
+        return compile_policies(
+            config.policies,
+            source=source,
+            node_wide=node_wide,
+            node_args=config.probes.process.args,
+        )
+
     def reload(self, config: AgentConfig, *, source: str = "config") -> ReloadReport:
         """Apply `config` without restarting; ConfigError (logged, counted) leaves all as is."""
         with self._reconfigure_lock:
@@ -280,7 +296,7 @@ class Agent:
                 return report
             started = time.perf_counter()
             try:
-                policies = compile_policies(config.policies, source=source)
+                policies = self._compile(config, source)
             except ConfigError as exc:
                 self._reject(exc)
                 raise
@@ -290,8 +306,8 @@ class Agent:
                 if getattr(config, section) != getattr(self.config, section)
             ]
             if self._running:
-                desired = self.probe_names if self._probes_pinned else config.probes.enabled()
-                self.supervisor.apply(config, desired, report)
+                desired = self.probe_names if self._probes_pinned else config.running_probes()
+                self.supervisor.apply(widened(config), desired, report)
             self.config = config
             self.policy_stage.install(policies)
             if self._running:

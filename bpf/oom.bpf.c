@@ -108,7 +108,7 @@ static __always_inline void oom_complete(struct oom_join *join, u32 half)
         return;
     join->halves = 0;
 
-    if (!vigil_selected(rec->cgroup_id))
+    if (!vigil_selected(VIGIL_PROBE_OOM, rec->cgroup_id))
         return;
     reported = oom_reported.lookup(&rec->pid);
     if (reported && *reported == rec->start_time)

@@ -109,7 +109,7 @@ static __always_inline u64 process_wake_bytes(void)
 
 static __always_inline void process_emit(struct process_record *rec, u64 size)
 {
-    if (!vigil_selected(rec->cgroup_id))
+    if (!vigil_selected(VIGIL_PROBE_PROCESS, rec->cgroup_id))
         return;
     if (process_events.ringbuf_output(rec, size, process_wake_bytes()) < 0)
         process_drops.increment(VIGIL_DROP_RINGBUF);
@@ -142,7 +142,7 @@ int vigil_process_exec(struct tracepoint__sched__sched_process_exec *args)
     struct process_config *cfg = process_config.lookup(&zero);
     void *mm = 0;
     u64 arg_start = 0, arg_end = 0, len = 0;
-    u32 name_len;
+    u32 name_len, max_bytes, own_bytes;
     long n;
 
     if (!rec || !cfg)
@@ -155,7 +155,12 @@ int vigil_process_exec(struct tracepoint__sched__sched_process_exec *args)
     name_len &= PROCESS_FILENAME_MAX - 1; /* n <= FILENAME_MAX - 1 + NUL fits */
     rec->filename_len = name_len;
 
-    if (cfg->args_max_bytes) {
+    /* The node's capture, raised for cgroups whose policies ask for more. */
+    max_bytes = cfg->args_max_bytes;
+    own_bytes = vigil_cgroup_args_bytes(rec->cgroup_id);
+    if (own_bytes > max_bytes)
+        max_bytes = own_bytes;
+    if (max_bytes) {
         /* The new image's argv: written by the kernel during exec, resident. */
         VIGIL_READ(mm, task, task_struct__mm);
         VIGIL_READ(arg_start, mm, mm_struct__arg_start);
@@ -163,8 +168,8 @@ int vigil_process_exec(struct tracepoint__sched__sched_process_exec *args)
         if (arg_end > arg_start) {
             rec->args_total = arg_end - arg_start;
             len = rec->args_total;
-            if (len > cfg->args_max_bytes)
-                len = cfg->args_max_bytes;
+            if (len > max_bytes)
+                len = max_bytes;
             if (len > PROCESS_ARGS_MAX - 1)
                 len = PROCESS_ARGS_MAX - 1;
             len &= PROCESS_ARGS_MAX - 1;

@@ -88,7 +88,7 @@ int vigil_process_state_switch(struct bpf_raw_tracepoint_args *ctx)
         PROCESS_STATE_TASK_UNINTERRUPTIBLE)
         return 0;
     cgroup_id = bpf_get_current_cgroup_id();
-    if (!vigil_selected(cgroup_id))
+    if (!vigil_selected(VIGIL_PROBE_PROCESS_STATE, cgroup_id))
         return 0;
     err = process_state_tasks.insert(&tid, &cgroup_id);
     if (err == 0)

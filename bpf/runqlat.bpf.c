@@ -141,7 +141,7 @@ static __always_inline int runqlat_wakeup(struct task_struct *task)
         entry->ts = now;
         return 0;
     }
-    if (!vigil_selected(cgroup_id))
+    if (!vigil_selected(VIGIL_PROBE_RUNQLAT, cgroup_id))
         return 0;
     fresh.ts = now;
     fresh.cgroup_id = cgroup_id;
@@ -181,14 +181,14 @@ static __always_inline u64 runqlat_switch_out(u32 tid, bool preempt, u32 prev_st
             entry->ts = runnable ? now : 0;
             entry->cgroup_id = cgroup_id;
             entry->generation = generation;
-        } else if (vigil_selected(cgroup_id)) {
+        } else if (vigil_selected(VIGIL_PROBE_RUNQLAT, cgroup_id)) {
             fresh.ts = runnable ? now : 0;
             fresh.cgroup_id = cgroup_id;
             fresh.generation = generation;
             runqlat_tasks.update(&tid, &fresh);
         }
     }
-    return runnable && vigil_selected(cgroup_id) ? cgroup_id : 0;
+    return runnable && vigil_selected(VIGIL_PROBE_RUNQLAT, cgroup_id) ? cgroup_id : 0;
 }
 
 /* next gets the CPU: if it was waiting, returns the wait and sets its cgroup. */
@@ -206,7 +206,7 @@ static __always_inline u64 runqlat_switch_in(struct task_struct *next, u64 now, 
         return 0;
     wait = now > entry->ts ? now - entry->ts : 0;
     entry->ts = 0;
-    if (!vigil_selected(entry->cgroup_id))
+    if (!vigil_selected(VIGIL_PROBE_RUNQLAT, entry->cgroup_id))
         return 0;
     *cgroup_id = entry->cgroup_id;
     return wait | 1ULL << 63; /* a wait of 0 ns is still a sample */

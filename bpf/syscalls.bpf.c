@@ -133,7 +133,7 @@ int vigil_syscalls_enter(struct bpf_raw_tracepoint_args *ctx)
         return 0; /* the common case: not in the set */
 
     cgroup_id = bpf_get_current_cgroup_id();
-    if (!vigil_selected(cgroup_id))
+    if (!vigil_selected(VIGIL_PROBE_SYSCALLS, cgroup_id))
         return 0;
     if (!syscalls_key_fits(cgroup_id)) {
         syscalls_drops.increment(VIGIL_DROP_MAP_FULL);
@@ -240,7 +240,7 @@ int vigil_syscalls_count(struct bpf_raw_tracepoint_args *ctx)
         return 0; /* the common case: not in the set */
 
     cgroup_id = bpf_get_current_cgroup_id();
-    if (!vigil_selected(cgroup_id))
+    if (!vigil_selected(VIGIL_PROBE_SYSCALLS, cgroup_id))
         return 0;
     key = cgroup_id << SYSCALLS_ID_BITS | index;
     stats = 0;

@@ -151,7 +151,7 @@ static __always_inline void tcp_open(u64 sk, u8 direction, u64 cgroup_id, bool o
 {
     struct tcp_conn conn = {};
 
-    if (!vigil_selected(cgroup_id)) {
+    if (!vigil_selected(VIGIL_PROBE_TCP, cgroup_id)) {
         tcp_conns.delete(&sk); /* a socket address reused since a missed close */
         return;
     }
@@ -218,7 +218,7 @@ static __always_inline void tcp_close(struct tcp_record *rec, u64 sk_key)
     } else {
         /* Not seen opening: report what the socket knows. */
         rec->cgroup_id = tcp_socket_cgroup(sk);
-        if (!vigil_selected(rec->cgroup_id))
+        if (!vigil_selected(VIGIL_PROBE_TCP, rec->cgroup_id))
             return;
         if (rec->oldstate == TCP_ST_SYN_SENT)
             rec->direction = TCP_DIR_CLIENT;
@@ -328,7 +328,7 @@ static __always_inline void tcp_accepted(long fd)
     key = (u64)sk;
     conn = tcp_conns.lookup(&key);
     if (conn) {
-        if (!vigil_selected(cgroup_id)) {
+        if (!vigil_selected(VIGIL_PROBE_TCP, cgroup_id)) {
             tcp_conns.delete(&key);
             return;
         }
@@ -339,7 +339,8 @@ static __always_inline void tcp_accepted(long fd)
      * it from here if it is a TCP connection that has not closed yet. */
     VIGIL_READ(protocol, sk, sock__sk_protocol);
     VIGIL_READ(state, sk, sock____sk_common__skc_state);
-    if (protocol != TCP_IPPROTO_TCP || state == TCP_ST_CLOSE || !vigil_selected(cgroup_id))
+    if (protocol != TCP_IPPROTO_TCP || state == TCP_ST_CLOSE ||
+        !vigil_selected(VIGIL_PROBE_TCP, cgroup_id))
         return;
     fresh.direction = TCP_DIR_SERVER;
     tcp_set_owner(&fresh, cgroup_id);
@@ -379,7 +380,7 @@ int vigil_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
     /* A connection not seen opening: start following its count from here,
      * and count this event by its own segments if it sent anything. */
     cgroup_id = tcp_socket_cgroup((void *)sk);
-    if (!vigil_selected(cgroup_id))
+    if (!vigil_selected(VIGIL_PROBE_TCP, cgroup_id))
         return 0;
     fresh.cgroup_id = cgroup_id;
     fresh.retrans_seen = total;

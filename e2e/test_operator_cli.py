@@ -61,9 +61,15 @@ def test_render_prints_the_agent_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     config = parse_config(yaml.safe_load(result.stdout))
     assert config.pipeline.drain_interval_ms == 20
-    assert config.probes.enabled() == ["process", "tcp", "runqlat"]
-    assert config.probes.process.args.max_args == 64
+    # The cluster policy turns runqlat on node-wide; the tenant's tcp and argv capture
+    # stay its own (its AppliedPolicy), the node's limits untouched.
+    assert config.probes.enabled() == ["process", "runqlat"]
+    assert config.running_probes() == ["process", "tcp", "runqlat"]
+    assert config.probes.process.args.max_args == 32
     assert [(p.namespace, p.name) for p in config.policies] == [(None, "node"), ("shop", "web")]
+    capture = config.policies[1].capture
+    assert capture is not None
+    assert (capture.max_args, capture.redact) == (64, ("pin=(?P<value>\\d+)",))
     assert config.policies[1].rules[0].name == "tmp-exec"
     assert config.export.spans.sampling_ratio == 0.5
 
@@ -72,6 +78,30 @@ def test_render_prints_the_agent_config(tmp_path: Path) -> None:
     again = run("render", str(tmp_path / "all.yaml"), "--base", str(base))
     assert again.returncode == 0, again.stderr
     assert again.stdout == result.stdout
+
+
+def test_render_of_a_namespaced_policy_alone_leaves_the_base_untouched(tmp_path: Path) -> None:
+    (tmp_path / "web.yaml").write_text(WEB)
+    base = tmp_path / "base.yaml"
+    base.write_text("probes: {process: {args: {maxArgs: 16}}}\nexport: {spans: {enabled: false}}\n")
+    result = run("render", str(tmp_path / "web.yaml"), "--base", str(base))
+    assert result.returncode == 0, result.stderr
+    config = parse_config(yaml.safe_load(result.stdout))
+    base_config = parse_config(yaml.safe_load(base.read_text()))
+    assert config.probes == base_config.probes
+    assert config.export == base_config.export
+    assert config.pipeline == base_config.pipeline
+
+
+def test_render_refuses_a_tenant_lowering_the_node(tmp_path: Path) -> None:
+    (tmp_path / "web.yaml").write_text(WEB.replace("maxArgs: 64", "maxArgs: 8"))
+    result = run("render", str(tmp_path / "web.yaml"))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"{tmp_path / 'web.yaml'}: ProbePolicy shop/web: spec.probes.process.maxArgs: 8 is "
+        "below the node's 32; a ProbePolicy may only raise capture for its pods (unset: the "
+        "node's)"
+    )
 
 
 def test_render_names_file_object_field_and_reason(tmp_path: Path) -> None:

@@ -113,7 +113,9 @@ def _render(args: argparse.Namespace) -> int:
         for index, doc in documents:
             source = f"{path}" if len(documents) == 1 else f"{path} (document {index + 1})"
             try:
-                policy = parse_policy(doc, source=source, default_namespace=args.namespace)
+                policy = parse_policy(
+                    doc, source=source, default_namespace=args.namespace, base=base
+                )
             except PolicyError as exc:
                 print(str(exc), file=sys.stderr)
                 failed = True

@@ -22,7 +22,19 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from vigil.api.policy import ACCEPTED, GROUP, VERSION, PolicyError, parse_policy, requested_probes
+from vigil.api.config import AgentConfig
+from vigil.api.policy import (
+    ACCEPTED,
+    CLUSTER_KIND,
+    GROUP,
+    VERSION,
+    Policy,
+    PolicyError,
+    applied,
+    disabled_probes,
+    parse_policy,
+    requested_probes,
+)
 from vigil.operator.kube import PLURALS, connection_info
 from vigil.operator.publisher import ConfigPublisher
 from vigil.operator.settings import OperatorSettings
@@ -54,16 +66,48 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def verdict(body: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(status, reason, message) of the Accepted condition for one object."""
+def verdict(body: Mapping[str, Any], base: AgentConfig | None = None) -> tuple[str, str, str]:
+    """(status, reason, message) of the Accepted condition for one object.
+
+    The message tells the tenant which of its requests are in force and where: a
+    namespaced policy's only ever for the pods it selects.
+    """
     try:
-        policy = parse_policy(plain(body))
+        policy = parse_policy(plain(body), base=base)
     except PolicyError as exc:
         return "False", "Invalid", "; ".join(exc.problems)
+    return "True", "Valid", in_force(policy, base if base is not None else AgentConfig())
+
+
+def in_force(policy: Policy, base: AgentConfig) -> str:
+    """What an accepted policy adds, in words."""
     spec = policy.spec
-    probes = ", ".join(requested_probes(spec.probes))
     rules = len(spec.rules)
-    return "True", "Valid", f"probes: {probes}; {rules} rule{'s' * (rules != 1)}"
+    rules_text = f"{rules} rule{'s' * (rules != 1)}"
+    probes = requested_probes(spec.probes)
+    if policy.kind == CLUSTER_KIND:
+        off = disabled_probes(policy)
+        parts = [f"node-wide: probes {', '.join(probes)}"] if probes else []
+        if off:
+            parts.append(f"off for everyone: {', '.join(off)}")
+        return "; ".join([*parts, rules_text])
+    everyone = [p for p in probes if getattr(base.probes, p).enabled]
+    own = [p for p in probes if p not in everyone]
+    parts = []
+    if own:
+        parts.append(f"probes {', '.join(own)} for the pods it selects")
+    if everyone:
+        parts.append(f"{', '.join(everyone)} already observed for every pod by the node")
+    capture = applied(policy).capture
+    if capture is not None:
+        asked = capture.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+        redact = asked.pop("redact", ())
+        words = [f"{key} {value}" for key, value in sorted(asked.items())]
+        if redact:
+            words.append(f"{len(redact)} redaction{'s' * (len(redact) != 1)}")
+        parts.append(f"argv capture for its pods: {', '.join(words)}")
+    parts.append(f"{rules_text} on its pods' events")
+    return "; ".join(parts)
 
 
 def build_registry(
@@ -91,7 +135,7 @@ def build_registry(
         tasks.clear()
 
     async def judge(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-        status, reason, message = verdict(body)
+        status, reason, message = verdict(body, settings.base)
         generation = body.metadata.get("generation")
         previous = next(
             (

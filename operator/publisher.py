@@ -15,6 +15,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from vigil.api.config import AgentConfig
 from vigil.api.policy import Policy, PolicyError, parse_policy
 from vigil.operator.kube import Cluster, Conflict
 from vigil.operator.reconcile import render, to_yaml
@@ -31,13 +32,15 @@ class Published:
     rejected: tuple[str, ...]
 
 
-def accepted_policies(objects: list[dict[str, object]]) -> tuple[list[Policy], list[str]]:
+def accepted_policies(
+    objects: list[dict[str, object]], base: AgentConfig | None = None
+) -> tuple[list[Policy], list[str]]:
     """The valid policies among raw objects, and the refs of the invalid ones."""
     policies: list[Policy] = []
     rejected: list[str] = []
     for obj in objects:
         try:
-            policies.append(parse_policy(obj))
+            policies.append(parse_policy(obj, base=base))
         except PolicyError as exc:
             rejected.append(exc.obj)
     return policies, rejected
@@ -58,7 +61,7 @@ class ConfigPublisher:
         s = self.settings
         for _ in range(MAX_CONFLICTS):
             current = self.cluster.read_config_map(s.namespace, s.config_map, s.key)
-            policies, rejected = accepted_policies(self.cluster.list_policies())
+            policies, rejected = accepted_policies(self.cluster.list_policies(), s.base)
             text = to_yaml(render(policies, s.base))
             refs = tuple(sorted(p.ref for p in policies))
             if current.text == text:

@@ -4,25 +4,32 @@
 `vigil-operator render` prints offline; the same inputs in any order give the same
 config, and `to_yaml` gives it byte-identical text.
 
-Merging rules:
+Merging rules (README, "Who may set what"):
 
-- No accepted policy: the base config stands as it is (its probes; no selection, so the
-  agent observes every process on the node, with no rules).
-- Probes: exactly the union of the probes the policies turn on; the others are off.
-  The node-level settings of the base (ring buffers, pipeline, enrichment, export
-  endpoint) are kept; a parameter no policy sets keeps the base's value.
+- The base config is the floor: what every node observes and exports for all pods and
+  the host. No accepted policy: it stands as it is.
+- Only ClusterProbePolicies change node-wide settings: a probe one names is on for
+  everyone, its parameters merge into the node's (below), and so does its export. A
+  probe one lists in `disabledProbes` is off for everyone, whoever names it (the
+  policies naming it still get it for what they select).
+- A namespaced ProbePolicy changes nothing node-wide: its probes, its argv capture
+  (`AppliedPolicy.capture`) and its rules reach the agent in its own AppliedPolicy, and
+  the agent applies them to the cgroups of the pods it selects only. A probe the node
+  does not run for everyone stays `enabled: false` here and runs, in the agent, for the
+  cgroups of the policies naming it (per-probe selection in BPF maps).
 - Selection: one AppliedPolicy per policy (sorted: cluster policies first, then by
   namespace and name), so each policy's filters and rules apply only to what it selects.
-- A parameter a policy leaves unset counts as the base's value for that policy.
-- process: the most detailed capture wins: argv is captured if any policy asks for it,
-  the max of maxArgs and of maxArgBytes (characters per argument), and the base's
-  redactions plus the union of every policy's (sorted).
+- A parameter a cluster policy leaves unset counts as the base's value for that policy.
+- process (cluster policies): the most detailed capture wins: argv is captured if any
+  policy asks for it, the max of maxArgs, maxArgBytes (characters per argument) and
+  maxBytes, and the base's redactions plus the union of every policy's (sorted).
 - Other probes' parameters, field by field over the policies: the field's
   `x-vigil-merge` hint ("max", "min", "union", "any", "all") if its settings model gives
   one, else by type: numbers take the max, booleans any-true, sequences the union;
   anything else takes the value of the first policy in the order above.
-- Export: spans (metrics) are on if any policy asks for them, off if the policies that
-  say anything all say off, else the base's; span sampling is the highest asked for.
+- Export (cluster policies): spans (metrics) are on if any policy asks for them, off if
+  the policies that say anything all say off, else the base's; span sampling is the
+  highest asked for.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from vigil.api.policy import (
     ProbePolicy,
     ProcessPolicy,
     applied,
+    disabled_probes,
     iter_parameters,
 )
 from vigil.api.probes.process import ProcessProbe
@@ -61,24 +69,28 @@ def render(policies: Iterable[Policy], base: AgentConfig | None = None) -> Agent
     ordered = sorted(policies, key=policy_order)
     if not ordered:
         return base
+    cluster = [p for p in ordered if p.kind == CLUSTER_KIND]
+    off = {name for p in cluster for name in disabled_probes(p)}
     probes: dict[str, Any] = {}
     for name, settings in SETTINGS_MODELS.items():
         current = getattr(base.probes, name)
         parameters = [
-            params for p in ordered for probe, params in iter_parameters(p) if probe == name
+            params for p in cluster for probe, params in iter_parameters(p) if probe == name
         ]
         if not parameters:
-            probes[name] = _with(current, enabled=False)
+            probes[name] = current
         elif name == "process":
             assert isinstance(current, ProcessProbe)
             probes[name] = _merge_process(current, parameters)
         else:
             probes[name] = _merge_parameters(current, parameters, settings)
+        if name in off:
+            probes[name] = _with(probes[name], enabled=False)
     return AgentConfig.model_validate(
         {
             **_fields(base),
             "probes": type(base.probes).model_validate(probes),
-            "export": _merge_export(base, ordered),
+            "export": _merge_export(base, cluster),
             "policies": tuple(applied(p) for p in ordered),
         }
     )
@@ -113,6 +125,7 @@ def _merge_process(base: ProcessProbe, parameters: Sequence[BaseModel]) -> BaseM
             enabled=any(_own_or(p.capture_args, args.enabled) for p in params),
             max_args=max(_own_or(p.max_args, args.max_args) for p in params),
             max_arg_length=max(_own_or(p.max_arg_bytes, args.max_arg_length) for p in params),
+            max_bytes=max(_own_or(p.max_bytes, args.max_bytes) for p in params),
             redact=(*args.redact, *extra),
         ),
     )

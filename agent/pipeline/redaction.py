@@ -4,28 +4,40 @@ Patterns run over the command line joined with single spaces, so one pattern
 can match `--token=abc` inside an argument and `--token abc` across two. The
 named group `value` (else the whole match) is masked; the mask is mapped back
 onto each argument, so the result is still a list of arguments.
+
+Patterns run in RE2 (vigil.api.patterns), in time linear in the command line:
+tenants add redactions, and one backtracking pattern must not stall the pipeline.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+from vigil.api.patterns import compile_pattern, compile_set, group_number
 
 REDACTED = "REDACTED"
 
 
 class Redactor:
     def __init__(self, patterns: Iterable[str]) -> None:
-        self._patterns = [re.compile(p) for p in patterns]
+        self.patterns = tuple(patterns)
+        compiled = [compile_pattern(p) for p in self.patterns]
+        self._patterns: list[tuple[Any, int]] = [(c, group_number(c, "value")) for c in compiled]
+        # Which patterns match at all, in one pass; only those run again for their spans.
+        self._set = compile_set(self.patterns) if self.patterns else None
 
     def __bool__(self) -> bool:
         return bool(self._patterns)
 
     def _masked_spans(self, line: str) -> list[tuple[int, int]]:
-        spans = []
-        for pattern in self._patterns:
+        spans: list[tuple[int, int]] = []
+        hits = self._set.Match(line) if self._set is not None else None
+        if not hits:
+            return spans
+        for index in hits:
+            pattern, group = self._patterns[index]
             for match in pattern.finditer(line):
-                group = "value" if "value" in pattern.groupindex else 0
                 start, end = match.span(group)
                 if end > start:
                     spans.append((start, end))

@@ -232,7 +232,8 @@ class ProcessProbe(Probe):
             path = record[start : start + filename_len].rstrip(b"\0").decode(errors="replace")
             attrs[PROCESS_EXECUTABLE_PATH] = path
             attrs[PROCESS_EXECUTABLE_NAME] = os.path.basename(path)
-            if self.config.args.enabled:
+            # args_len > 0 with capture off: a policy turned it on for this cgroup.
+            if self.config.args.enabled or args_len:
                 blob = record[start + filename_len : start + filename_len + args_len]
                 args, truncated = self._split_args(blob, args_len < args_total)
                 attrs[PROCESS_COMMAND_ARGS] = self._redactor.redact(args)

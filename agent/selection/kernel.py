@@ -1,19 +1,25 @@
-"""In-kernel selection: every probe module's cgroup verdicts kept in line with the policies.
+"""In-kernel selection: every probe module's per-cgroup selection kept in line with the policies.
 
 bpf/selection.bpf.c is compiled into every probe module, so each module has
 its own ``vigil_selection_mode`` and ``vigil_selected_cgroups`` maps; this
-module writes the same state into all of them. The map holds a verdict per
-cgroup id: 1 selected, 0 not selected. A cgroup the map does not hold is
-let through: a new container's cgroup exists (and runs processes) before the
-agent has read its mkdir, and before the pod watch reports its pod, and we
-prefer not to lose those first events. The user-space selection stage
-decides about them once the pod is known, so nothing unselected is ever
-emitted; the kernel filter only saves the cost of streaming what is known
-to be unselected.
+module writes the same state into all of them.
 
-Verdicts are recomputed when the policies change or when the cgroup table,
-the pod cache or the namespace labels move (checked on the pipeline's 100 ms
-tick), and only the differences are written.
+- ``vigil_selection_mode`` holds the bits of the probes the node observes in
+  every cgroup (the base config's): they never filter.
+- ``vigil_selected_cgroups`` holds, per cgroup id, the bits of the probes its
+  policies turn on and the argv bytes they ask the process probe to read. A
+  probe whose bit is in neither emits nothing for that cgroup. A cgroup the map
+  does not hold is let through: a new container's cgroup exists (and runs
+  processes) before the agent has read its mkdir, and before the pod watch
+  reports its pod, and we prefer not to lose those first events. The user-space
+  selection stage decides about them once the pod is known, so nothing
+  unselected is ever emitted; the kernel filter only saves the cost of streaming
+  what is known to be unselected.
+
+Entries are written only when some policy turns on a probe the node does not
+run for everyone, or raises argv capture; they are recomputed when the policies
+change or when the cgroup table, the pod cache or the namespace labels move
+(checked on the pipeline's 100 ms tick), and only the differences are written.
 """
 
 from __future__ import annotations
@@ -21,18 +27,46 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Iterable
 from typing import Any
 
-from vigil.agent.selection.policies import PolicySet, match_subject
+from vigil.agent.selection.capture import kernel_bytes
+from vigil.agent.selection.policies import CompiledPolicy, PolicySet, match_subject
 from vigil.agent.selection.subjects import SubjectResolver
 
 log = logging.getLogger(__name__)
 
 MODE_MAP = b"vigil_selection_mode"
 CGROUPS_MAP = b"vigil_selected_cgroups"
-SELECT_ALL = 0  # VIGIL_SELECT_ALL in bpf/selection.bpf.c
-SELECT_LISTED = 1  # VIGIL_SELECT_LISTED
-SELECTED, NOT_SELECTED = 1, 0
+# VIGIL_PROBE_* in bpf/selection.bpf.c (a unit test compares them).
+PROBE_BITS: dict[str, int] = {
+    "process": 1 << 0,
+    "tcp": 1 << 1,
+    "runqlat": 1 << 2,
+    "syscalls": 1 << 3,
+    "oom": 1 << 4,
+    "process_state": 1 << 5,
+}
+ALL_PROBES = (1 << 32) - 1
+# A cgroup's entry: (probe bits, argv bytes; 0 = the node's).
+Entry = tuple[int, int]
+
+
+def probe_bits(names: Iterable[str]) -> int:
+    bits = 0
+    for name in names:
+        bits |= PROBE_BITS.get(name, 0)
+    return bits
+
+
+def entry_of(matched: Iterable[CompiledPolicy], policies: PolicySet) -> Entry:
+    """The probes and argv bytes the policies covering a cgroup turn on there."""
+    matched = tuple(matched)
+    bits = 0
+    for policy in matched:
+        bits |= probe_bits(policy.probes) if policy.probes else ALL_PROBES
+    captures = [p.capture for p in matched if p.capture is not None]
+    return bits, kernel_bytes(captures, policies.node_args) if captures else 0
 
 
 class KernelSelection:
@@ -47,8 +81,8 @@ class KernelSelection:
         self._lock = threading.Lock()
         self._modules: list[Any] = []  # bcc.BPF objects
         self._policies = PolicySet()
-        self._mode = SELECT_ALL
-        self._verdicts: dict[int, int] = {}  # what every module's map holds
+        self._mode = ALL_PROBES
+        self._entries: dict[int, Entry] = {}  # what every module's map holds
         self._generation: tuple[int, int, int] | None = None
         self._dirty = False
         self.counters: dict[str, int] = {
@@ -60,12 +94,13 @@ class KernelSelection:
 
     @property
     def mode(self) -> int:
+        """Bits of the probes observed in every cgroup."""
         return self._mode
 
-    def verdicts(self) -> dict[int, int]:
-        """cgroup id -> verdict, as written into every module."""
+    def entries(self) -> dict[int, Entry]:
+        """cgroup id -> (probe bits, argv bytes), as written into every module."""
         with self._lock:
-            return dict(self._verdicts)
+            return dict(self._entries)
 
     def set_policies(self, policies: PolicySet) -> None:
         with self._lock:
@@ -75,7 +110,7 @@ class KernelSelection:
     def add_module(self, bpf: Any) -> None:
         """A module just loaded (before its programs attach): give it the current state."""
         with self._lock:
-            self._write(bpf, self._verdicts, ())
+            self._write(bpf, self._entries, ())
             self._write_mode(bpf, self._mode)
             self._modules.append(bpf)
 
@@ -85,7 +120,7 @@ class KernelSelection:
             self._modules = [module for module in self._modules if module is not bpf]
 
     def sync(self) -> None:
-        """Recompute the verdicts when anything they depend on moved; write the differences.
+        """Recompute the entries when anything they depend on moved; write the differences.
 
         Never raises (it runs on the pipeline's tick): a failure is logged once,
         counted, and retried on the next tick.
@@ -95,8 +130,8 @@ class KernelSelection:
             if not self._dirty and generation == self._generation:
                 return
             try:
-                mode, verdicts = self._desired()
-                self._apply(mode, verdicts)
+                mode, entries = self._desired()
+                self._apply(mode, entries)
             except Exception:
                 self.counters["sync_errors"] += 1
                 if self.counters["sync_errors"] == 1:
@@ -106,51 +141,57 @@ class KernelSelection:
             self._generation = generation
             self.counters["syncs"] += 1
 
-    def _desired(self) -> tuple[int, dict[int, int]]:
+    def _desired(self) -> tuple[int, dict[int, Entry]]:
         policies = self._policies
         cgroups = self._resolver.cgroups
-        if not policies.policies or policies.covers_everything or cgroups is None:
-            return SELECT_ALL, {}
+        if (
+            not policies.policies
+            or not (policies.adds_probes or policies.captures)
+            or cgroups is None
+        ):
+            return ALL_PROBES, {}
+        mode = probe_bits(policies.node_wide) if policies.node_wide is not None else ALL_PROBES
         resolver = self._resolver
-        verdicts: dict[int, int] = {}
+        entries: dict[int, Entry] = {}
         for cgroup_id in cgroups.live_ids():
             matched, undecided = match_subject(
                 policies.policies, resolver.subject(cgroup_id), resolver.namespace_labels
             )
-            if matched:
-                verdicts[cgroup_id] = SELECTED
-            elif not undecided:
-                verdicts[cgroup_id] = NOT_SELECTED
-        return SELECT_LISTED, verdicts
+            if undecided:
+                continue  # no entry: let through, user space decides once the pod is known
+            entries[cgroup_id] = entry_of(matched, policies)
+        return mode, entries
 
-    def _apply(self, mode: int, verdicts: dict[int, int]) -> None:
-        old = self._verdicts
-        changed = {cid: v for cid, v in verdicts.items() if old.get(cid) != v}
-        removed = [cid for cid in old if cid not in verdicts]
-        if mode == SELECT_ALL and self._mode != SELECT_ALL:
-            for bpf in self._modules:  # let everything through before forgetting verdicts
-                self._write_mode(bpf, SELECT_ALL)
+    def _apply(self, mode: int, entries: dict[int, Entry]) -> None:
+        old = self._entries
+        changed = {cid: e for cid, e in entries.items() if old.get(cid) != e}
+        removed = [cid for cid in old if cid not in entries]
+        # Let the union through while the entries change, then narrow: a probe
+        # leaving the node-wide set keeps emitting until its entries are in place.
+        if mode | self._mode != self._mode:
+            for bpf in self._modules:
+                self._write_mode(bpf, mode | self._mode)
         for bpf in self._modules:
             self._write(bpf, changed, removed)
-        if mode == SELECT_LISTED and self._mode != SELECT_LISTED:
-            for bpf in self._modules:  # the verdicts are in place: start using them
-                self._write_mode(bpf, SELECT_LISTED)
+        if mode != self._mode:  # written on changes only, like the entries
+            for bpf in self._modules:
+                self._write_mode(bpf, mode)
         self._mode = mode
-        self._verdicts = verdicts
+        self._entries = entries
 
     def _write_mode(self, bpf: Any, mode: int) -> None:
         table = bpf[MODE_MAP]
         table[ctypes.c_int(0)] = ctypes.c_uint32(mode)
 
-    def _write(self, bpf: Any, changed: dict[int, int], removed: Any) -> None:
+    def _write(self, bpf: Any, changed: dict[int, Entry], removed: Any) -> None:
         table = bpf[CGROUPS_MAP]
-        for cgroup_id, verdict in changed.items():
+        for cgroup_id, (bits, args_bytes) in changed.items():
             try:
-                table[ctypes.c_uint64(cgroup_id)] = ctypes.c_uint8(verdict)
+                table[ctypes.c_uint64(cgroup_id)] = table.Leaf(bits, args_bytes)
                 self.counters["writes"] += 1
             except Exception as exc:  # the map is full: that cgroup is let through
                 self.counters["write_errors"] += 1
-                log.debug("selection verdict for cgroup %d not written: %s", cgroup_id, exc)
+                log.debug("selection entry for cgroup %d not written: %s", cgroup_id, exc)
         for cgroup_id in removed:
             try:
                 del table[ctypes.c_uint64(cgroup_id)]

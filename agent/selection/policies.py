@@ -12,8 +12,19 @@ Scope, in the order it is checked (all must hold):
 - ``filters`` (executable path prefixes, uids) narrow per event, in user space
   only: the kernel cannot see an exit's executable.
 
-``policies[].probes`` tells the operator which probes to enable; in the agent a
-policy selects the events of every running probe for the pods it covers.
+What a policy does with what it selects (issue 12: tenants only add):
+
+- The node's base config decides what is observed for everyone: the probes it
+  enables (``node_wide``) emit for every cgroup, whatever the policies say, and
+  events are never dropped for lack of a matching policy.
+- ``probes`` of a policy: a probe the node does not run for everyone runs, for
+  the cgroups of the policies naming it, and only for those (in the kernel:
+  per-probe bits per cgroup; in user space: the stage). Empty: every probe the
+  agent runs (hand-written configs).
+- ``capture`` (namespaced policies): argv capture raised for its cgroups only
+  (``capture.py``), and its redactions applied to its events only.
+- Its rules run on the events it selects, and those carry its name in
+  ``vigil.policy.names``.
 """
 
 from __future__ import annotations
@@ -23,10 +34,22 @@ from dataclasses import dataclass, field
 
 from vigil.agent.rules.engine import CompiledRule, compile_rule
 from vigil.agent.selection.subjects import HOST, PodSubject, Subject
-from vigil.api.policies import AppliedPolicy
+from vigil.api.policies import AppliedPolicy, ArgsCapture
+from vigil.api.probes.process import ArgumentCapture
 from vigil.api.selectors import LabelSelector
 
 NamespaceLabels = Callable[[str], Mapping[str, str] | None]
+
+# Event kind -> the probe that emits it (tests/unit/test_tenants.py checks it against
+# the probes' own constants). Other kinds (rule.match, cgroup.*) belong to no probe.
+EVENT_PROBES: Mapping[str, str] = {
+    "process.exec": "process",
+    "process.fork": "process",
+    "process.exit": "process",
+    "network.tcp.close": "tcp",
+    "syscall.slow": "syscalls",
+    "process.oom_kill": "oom",
+}
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -41,6 +64,11 @@ class CompiledPolicy:
     executable_prefixes: tuple[str, ...]
     uids: frozenset[int]
     rules: tuple[CompiledRule, ...]
+    probes: frozenset[str] = frozenset()  # empty: every probe the agent runs
+    capture: ArgsCapture | None = None
+
+    def observes(self, probe: str) -> bool:
+        return not self.probes or probe in self.probes
 
     @property
     def covers_everything(self) -> bool:
@@ -94,13 +122,40 @@ class PolicySet:
 
     policies: tuple[CompiledPolicy, ...] = ()
     needs_namespace_labels: bool = False
-    # Some policy covers every cgroup: the kernel needs no cgroup list.
+    # Some policy covers every cgroup.
     covers_everything: bool = False
     rule_count: int = field(default=0)
+    # Probes the node observes in every cgroup (the base config's); None: all of them.
+    node_wide: frozenset[str] | None = None
+    node_args: ArgumentCapture = field(default_factory=ArgumentCapture)
+
+    def is_node_wide(self, probe: str | None) -> bool:
+        return self.node_wide is None or probe is None or probe in self.node_wide
+
+    @property
+    def adds_probes(self) -> bool:
+        """Some policy turns on a probe that is not node-wide (needs per-cgroup bits)."""
+        if self.node_wide is None:
+            return False
+        return any(not p.probes or p.probes - self.node_wide for p in self.policies)
+
+    @property
+    def captures(self) -> bool:
+        return any(p.capture is not None for p in self.policies)
 
 
-def compile_policies(policies: Sequence[AppliedPolicy], *, source: str = "config") -> PolicySet:
-    """Compile a config's policies; ConfigError names the source, the field and the reason."""
+def compile_policies(
+    policies: Sequence[AppliedPolicy],
+    *,
+    source: str = "config",
+    node_wide: frozenset[str] | None = None,
+    node_args: ArgumentCapture | None = None,
+) -> PolicySet:
+    """Compile a config's policies; ConfigError names the source, the field and the reason.
+
+    `node_wide`: the probes the base config runs for everyone (None: every probe, so the
+    policies only label and run rules); `node_args`: the node's argv capture.
+    """
     compiled = []
     for index, policy in enumerate(policies):
         name = display_name(policy)
@@ -120,6 +175,8 @@ def compile_policies(policies: Sequence[AppliedPolicy], *, source: str = "config
                 executable_prefixes=tuple(policy.filters.executable_prefixes),
                 uids=frozenset(policy.filters.uids),
                 rules=rules,
+                probes=frozenset(policy.probes),
+                capture=policy.capture,
             )
         )
     return PolicySet(
@@ -127,6 +184,8 @@ def compile_policies(policies: Sequence[AppliedPolicy], *, source: str = "config
         needs_namespace_labels=any(p.namespace_selector is not None for p in compiled),
         covers_everything=any(p.covers_everything for p in compiled),
         rule_count=sum(len(p.rules) for p in compiled),
+        node_wide=node_wide,
+        node_args=node_args if node_args is not None else ArgumentCapture(),
     )
 
 

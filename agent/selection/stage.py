@@ -1,13 +1,17 @@
 """The pipeline stage after enrichment: keep what a policy selects, run its rules.
 
-With no policies every event passes untouched (the agent observes
-everything, with no rules). With policies, an event is kept when at least
-one policy covers its cgroup (see ``policies``) and passes that policy's
-filters; it then carries ``vigil.policy.names`` (the policies that selected
-it) and is run through those policies' rules. Everything else is dropped and
-counted: ``dropped``, of which ``unresolved`` could not be decided because
-the pod's metadata never arrived (the enrichment stage holds events a while
-for it first).
+With no policies every event passes untouched (the agent observes what the
+base config says, with no rules). With policies, the policies covering an
+event's cgroup (see ``policies``) that pass their filters *select* it: it
+then carries ``vigil.policy.names`` (those policies), gets their argv capture
+(``capture``) and runs through their rules. Events of a probe the node runs
+for everyone pass whether selected or not: a policy never hides anything.
+Events of a probe only policies turned on pass only when a policy naming that
+probe selects them (the kernel already dropped what it knew to be
+unselected); the rest are dropped and counted: ``dropped``, of which
+``unresolved`` could not be decided because the pod's metadata never arrived
+(the enrichment stage holds events a while for it first). ``kept`` counts the
+events some policy selected, ``unselected`` those that passed without one.
 
 The per-event cost is a dict lookup: what the policies say about a cgroup is
 computed once and reused until the cgroup table, pod cache or namespace
@@ -23,8 +27,14 @@ from dataclasses import asdict, dataclass, field
 from vigil.agent.enrich.processes import ProcessTable
 from vigil.agent.pipeline.events import Event
 from vigil.agent.rules.engine import NO_RULES, Plan, RuleRunner
+from vigil.agent.selection.capture import Capture, apply, combine
 from vigil.agent.selection.kernel import KernelSelection
-from vigil.agent.selection.policies import CompiledPolicy, PolicySet, match_subject
+from vigil.agent.selection.policies import (
+    EVENT_PROBES,
+    CompiledPolicy,
+    PolicySet,
+    match_subject,
+)
 from vigil.agent.selection.subjects import SubjectResolver
 from vigil.api.attributes import (
     PROCESS_EXECUTABLE_PATH,
@@ -46,7 +56,8 @@ _Verdict = tuple[tuple[CompiledPolicy, ...], bool, bool]
 @dataclass(slots=True)
 class SelectionCounters:
     kept: int = 0  # events some policy selected
-    dropped: int = 0  # events no policy selected
+    unselected: int = 0  # events of node-wide probes no policy selected (passed on)
+    dropped: int = 0  # events of policy-only probes no policy naming the probe selected
     unresolved: int = 0  # of the dropped: a policy could not tell (pod metadata missing)
     errors: int = 0  # events dropped because judging them failed (a bug: logged once)
 
@@ -63,6 +74,17 @@ class _State:
     by_cgroup: dict[int | None, _Verdict] = field(default_factory=dict)
     names: dict[tuple[CompiledPolicy, ...], list[str]] = field(default_factory=dict)
     plans: dict[tuple[tuple[CompiledPolicy, ...], str], Plan] = field(default_factory=dict)
+    captures: dict[tuple[CompiledPolicy, ...], Capture | None] = field(default_factory=dict)
+
+    def capture(self, matched: tuple[CompiledPolicy, ...]) -> Capture | None:
+        if matched in self.captures:
+            return self.captures[matched]
+        own = [p.capture for p in matched if p.capture is not None]
+        capture = combine(own, self.policies.node_args) if own else None
+        if len(self.captures) >= _CACHE_LIMIT:
+            self.captures.clear()
+        self.captures[matched] = capture
+        return capture
 
     def plan(self, matched: tuple[CompiledPolicy, ...], kind: str) -> Plan:
         key = (matched, kind)
@@ -124,12 +146,18 @@ class PolicyStage:
             state.by_cgroup.clear()
             state.generation = generation
         by_cgroup = state.by_cgroup
-        with_rules = state.policies.rule_count > 0
+        policy_set = state.policies
+        with_rules = policy_set.rule_count > 0
+        captures = policy_set.captures
+        # The probe decodes argv with the widest limits a policy asks for: cut back per event.
+        node_capture = combine([], policy_set.node_args) if captures else None
         counters = self.counters
         out: list[Event] = []
         for event in events:
-            # Fail closed: an event this stage cannot judge is dropped and counted,
-            # never passed on unselected.
+            probe = EVENT_PROBES.get(event.kind)
+            node_wide = policy_set.is_node_wide(probe)
+            # An event this stage cannot judge is counted; it passes only when the node
+            # observes its probe for everyone (a policy never hides those).
             try:
                 attrs = event.attributes
                 cgroup_id = attrs.get(VIGIL_CGROUP_ID)
@@ -146,12 +174,23 @@ class PolicyStage:
                 matched, undecided, filtered = verdict
                 if filtered:
                     matched = self._filter(matched, attrs)
+                if not node_wide and probe is not None:
+                    matched = tuple(p for p in matched if p.observes(probe))
+                if captures and probe == "process" and node_capture is not None:
+                    own = state.capture(matched) if matched else None
+                    apply(event, own or node_capture, cut=True)
             except Exception:
                 counters.errors += 1
                 if counters.errors == 1:
-                    log.exception("policy selection failed on a %s event; dropped", event.kind)
+                    log.exception("policy selection failed on a %s event", event.kind)
+                if node_wide:
+                    out.append(event)
                 continue
             if not matched:
+                if node_wide:
+                    counters.unselected += 1
+                    out.append(event)
+                    continue
                 counters.dropped += 1
                 if undecided:
                     counters.unresolved += 1

@@ -156,7 +156,10 @@ def test_valid_policy_is_accepted_and_rendered(api: FakeKubeAPI, operator: Opera
     condition = wait_for("Accepted", lambda: accepted(api, WEB))
     assert condition["status"] == "True"
     assert condition["reason"] == "Valid"
-    assert condition["message"] == "probes: process, tcp; 1 rule"
+    assert condition["message"] == (
+        "probes tcp for the pods it selects; process already observed for every pod by the "
+        "node; argv capture for its pods: maxArgs 64, 1 redaction; 1 rule on its pods' events"
+    )
     assert condition["observedGeneration"] == 1
     event = wait_for("an Accepted event", lambda: events_for(api, "shop", "web"))[0]
     assert (event["type"], event["reason"]) == ("Normal", "Accepted")
@@ -332,3 +335,44 @@ def test_the_api_refuses_what_the_crd_forbids(api: FakeKubeAPI, operator: Operat
     twice = policy("twice", rules=[{"name": "a", "expression": "true"}] * 2)
     with pytest.raises(ApiError, match="rule names must be unique"):
         api.create(twice)
+
+
+def test_a_tenant_cannot_change_what_the_node_does(api: FakeKubeAPI, operator: Operator) -> None:
+    api.create(copy.deepcopy(WEB))
+    wait_for("the valid policy", lambda: config_text(api) == expected(WEB))
+    wait_for("WEB accepted", lambda: accepted(api, WEB))
+    before = api.get("v1", "ConfigMap", OPERATOR_NS, "vigil-agent-config")
+    assert before is not None
+
+    # What the CRD can tell alone: refused by the API server, naming the field.
+    for spec, field, reason in (
+        ({"export": {"spans": False}}, ".spec.export", "export is node-wide"),
+        (
+            {"probes": {"process": {"captureArgs": False}}},
+            ".spec.probes.process.captureArgs",
+            "captureArgs: false would lower the node's capture",
+        ),
+        (
+            {"probes": {"syscalls": {"latency": False}}},
+            ".spec.probes.syscalls",
+            "the parameters of syscalls are node-wide",
+        ),
+    ):
+        with pytest.raises(ApiError) as refused:
+            api.create(policy("greedy", **spec))
+        assert refused.value.code == 422
+        assert f"{field}: Invalid value: {reason}" in refused.value.message
+
+    # What only the operator can tell (the node's values): Accepted=False, field named.
+    lower = policy("lower", probes={"process": {"maxArgs": 8}})
+    api.create(copy.deepcopy(lower))
+    condition = wait_for("Accepted=False", lambda: accepted(api, lower))
+    assert (condition["status"], condition["reason"]) == ("False", "Invalid")
+    assert condition["message"] == (
+        "spec.probes.process.maxArgs: 8 is below the node's 32; a ProbePolicy may only raise "
+        "capture for its pods (unset: the node's)"
+    )
+    time.sleep(0.5)
+    after = api.get("v1", "ConfigMap", OPERATOR_NS, "vigil-agent-config")
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]

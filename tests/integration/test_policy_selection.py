@@ -4,6 +4,11 @@ Pods are real cgroup v2 directories in the kubelet's layout (below a scratch
 cgroup) plus pod objects in the stateful fake API server the agent watches.
 One agent runs for the module; each test installs its policies with a live
 reload, as the operator's ConfigMap would.
+
+The node's base config here runs no probe for everyone (`process.enabled:
+false`), and every policy names `process`: so the process probe observes exactly
+the cgroups the policies select, which is what a tenant's policy-only probe does
+(tests/integration/test_tenants.py has the node-wide base alongside).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from tests.support.agent import CollectingSink, of_pid, scratch_cgroup, spawn
 from tests.support.kubeapi import FakeKubeAPI
 from vigil.agent.pipeline.events import Event
 from vigil.agent.runtime import Agent
-from vigil.agent.selection.kernel import CGROUPS_MAP, MODE_MAP, SELECT_LISTED
+from vigil.agent.selection.kernel import CGROUPS_MAP, MODE_MAP
 from vigil.api.config import AgentConfig, parse_config
 
 pytestmark = pytest.mark.bpf
@@ -76,15 +81,17 @@ class Cluster:
         return leaf
 
     def policies(self, *policies: dict[str, Any]) -> None:
-        config = parse_config({**self.base, "policies": list(policies)})
+        named = [{"probes": ["process"], **policy} for policy in policies]
+        config = parse_config({**self.base, "policies": named})
         self.agent.reload(config)
 
     def verdict(self, cgroup: Path) -> int | None:
-        """What the kernel map of the process probe's module says about `cgroup`."""
+        """The probe bits the process probe module's kernel map holds for `cgroup`
+        (1: the process probe observes it)."""
         bpf = self.agent.probes["process"].bpf
         table = bpf[CGROUPS_MAP]
         try:
-            return int(table[ctypes.c_uint64(cgroup.stat().st_ino)].value)
+            return int(table[ctypes.c_uint64(cgroup.stat().st_ino)].probes)
         except KeyError:
             return None
 
@@ -117,6 +124,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     api.create(_namespace("a", env="prod"))
     api.create(_namespace("b", env="dev"))
     base = {
+        "probes": {"process": {"enabled": False}},
         "enrichment": {
             "kubernetes": {
                 "mode": "on",
@@ -124,10 +132,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "kubeconfig": str(api.kubeconfig(tmp_path_factory.mktemp("kube"))),
                 "holdMs": 300,
             }
-        }
+        },
     }
     sink = CollectingSink()
-    agent = Agent(parse_config(base), sinks=[sink], probes=["process"])
+    # A policy naming process starts the probe (the base runs it for no one).
+    start = {"name": "start", "namespace": "nowhere", "probes": ["process"]}
+    agent = Agent(parse_config({**base, "policies": [start]}), sinks=[sink])
     agent.start()
     # See every record the process probe's ring buffer delivers, before any stage.
     records: list[tuple[float, int]] = []
@@ -187,7 +197,7 @@ def test_unselected_cgroup_produces_no_ring_buffer_record(cluster: Cluster) -> N
     cluster.wait_verdict(selected, 1)
     cluster.wait_verdict(unselected, 0)
     bpf = cluster.agent.probes["process"].bpf
-    assert bpf[MODE_MAP][ctypes.c_int(0)].value == SELECT_LISTED
+    assert bpf[MODE_MAP][ctypes.c_int(0)].value == 0  # no probe observes every cgroup
 
     # Every record the probe's ring buffer delivered was tapped: none came from
     # the unselected cgroup (its `received` count never included one).
@@ -248,7 +258,7 @@ def test_host_processes_need_a_policy_without_selectors(cluster: Cluster) -> Non
         time.sleep(0.3)
         assert cluster.sink.matching(of_pid(pid)) == []
         cluster.policies({"name": "pods", "podSelector": {}}, {"name": "everything"})
-        _eventually(lambda: cluster.agent.kernel_selection.mode == 0)
+        cluster.wait_verdict(host, 1)
         pid, _, _ = cluster.run_in(host, "host")
         [event] = cluster.sink.wait_for(of_pid(pid, "process.exec"))
         assert event.attributes["vigil.policy.names"] == ["everything"]
@@ -256,9 +266,10 @@ def test_host_processes_need_a_policy_without_selectors(cluster: Cluster) -> Non
         host.rmdir()
 
 
-def test_no_policies_is_everything(cluster: Cluster) -> None:
-    cluster.agent.reload(AgentConfig.model_validate(cluster.base))
-    _eventually(lambda: cluster.agent.kernel_selection.mode == 0)
+def test_a_node_wide_probe_with_no_policies_is_everything(cluster: Cluster) -> None:
+    base = {**cluster.base, "probes": {"process": {"enabled": True}}}
+    cluster.agent.reload(AgentConfig.model_validate(base))
+    _eventually(lambda: cluster.agent.kernel_selection.mode != 0)
     pid, _, _ = cluster.run_in(cluster.scratch, "anything")
     [event] = cluster.sink.wait_for(of_pid(pid, "process.exec"))
     assert "vigil.policy.names" not in event.attributes

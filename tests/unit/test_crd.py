@@ -99,7 +99,6 @@ FULL = obj(
         {"name": "a", "expression": "true", "severity": "low"},
         {"name": "b", "expression": "1 == 1"},
     ],
-    export={"spans": True, "metrics": False, "sampling": 0.5},
 )
 
 # (object, what the API server says, what the operator says); None: accepted.
@@ -151,7 +150,82 @@ CASES: list[tuple[dict[str, Any], str | None, str | None]] = [
         ".spec.probes: Invalid value: {} should be non-empty",
         "name at least one probe",
     ),
-    # What only the operator can check: CEL compiles.
+    # Tenants only add (issue 12): node-wide settings are refused by both.
+    (
+        obj(probes={"tcp": {}}, export={"spans": False}),
+        ".spec.export: Invalid value: export is node-wide: only the base config or a "
+        "ClusterProbePolicy may set it",
+        "spec.export: node-wide: only the base config or a ClusterProbePolicy may set it",
+    ),
+    (
+        obj(probes={"process": {"captureArgs": False}}),
+        ".spec.probes.process.captureArgs: Invalid value: captureArgs: false would lower",
+        "spec.probes.process.captureArgs: false would lower the node's capture",
+    ),
+    (
+        obj(probes={"syscalls": {"latency": False}}),
+        ".spec.probes.syscalls: Invalid value: the parameters of syscalls are node-wide",
+        "spec.probes.syscalls.latency: node-wide",
+    ),
+    (
+        obj(
+            "ClusterProbePolicy",
+            probes={"process": {"captureArgs": False}, "syscalls": {"latency": False}},
+            export={"spans": False, "sampling": 0.5},
+        ),
+        None,
+        None,
+    ),
+    (
+        obj(probes={"process": {"redact": [f"a{i}" for i in range(17)]}}),
+        ".spec.probes.process.redact: Invalid value: ",
+        "spec.probes.process.redact: Tuple should have at most 16 items",
+    ),
+    (
+        obj(probes={"process": {"redact": ["a" * 257]}}),
+        ".spec.probes.process.redact[0]: Invalid value: ",
+        "spec.probes.process.redact[0]: String should have at most 256 characters",
+    ),
+    # Only a cluster policy turns probes off for everyone.
+    (obj("ClusterProbePolicy", disabledProbes=["process"]), None, None),
+    (
+        obj("ClusterProbePolicy"),
+        ".spec.probes: Invalid value: name at least one probe in probes or disabledProbes",
+        "spec.probes: name at least one probe",
+    ),
+    (
+        obj(probes={"tcp": {}}, disabledProbes=["process"]),
+        ".spec: Invalid value: Additional properties are not allowed ('disabledProbes' was",
+        "spec.disabledProbes: unknown field",
+    ),
+    (
+        obj("ClusterProbePolicy", disabledProbes=["bogus"]),
+        ".spec.disabledProbes[0]: Invalid value: 'bogus' is not one of",
+        "spec.disabledProbes[0]: Input should be 'process'",
+    ),
+    # The pathological pattern of issue 12: accepted, since RE2 runs it in linear time.
+    (obj(probes={"process": {"redact": ["(?P<value>(\\w+\\s?)+)$"]}}), None, None),
+    # What only the operator can check: RE2 compiles, CEL compiles and its cost is bounded.
+    (
+        obj(probes={"process": {"redact": ["(a)\\1"]}}),
+        None,
+        "spec.probes.process.redact: redact[0] '(a)\\\\1': not a regex RE2 runs in linear time: "
+        "invalid escape sequence: \\1",
+    ),
+    (
+        obj(
+            probes={"tcp": {}},
+            rules=[
+                {
+                    "name": "nested",
+                    "expression": 'attributes["process.command_args"].exists(a, '
+                    'attributes["process.command_args"].exists(b, a == b))',
+                }
+            ],
+        ),
+        None,
+        "spec.rules[0].expression: too costly: 2 comprehension variables (a, b)",
+    ),
     (
         obj(probes={"tcp": {}}, rules=[{"name": "a", "expression": "kind =="}]),
         None,

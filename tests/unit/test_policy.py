@@ -45,7 +45,6 @@ def test_a_full_policy_becomes_an_applied_policy() -> None:
             },
             filters={"executablePrefixes": ["/usr/bin/"], "uids": [1000]},
             rules=[{"name": "tmp", "expression": 'kind == "process.exec"', "severity": "high"}],
-            export={"spans": True, "sampling": 0.5},
         )
     )
     result = applied(policy)
@@ -60,6 +59,9 @@ def test_a_full_policy_becomes_an_applied_policy() -> None:
     assert policy.spec.probes.process == ProcessPolicy(  # type: ignore[attr-defined]
         capture_args=True, max_args=16, max_arg_bytes=128
     )
+    assert result.capture is not None  # the tenant's capture: for its pods only
+    assert (result.capture.enabled, result.capture.max_args) == (True, 16)
+    assert result.capture.max_arg_length == 128
 
 
 def test_a_namespaced_policy_without_namespace_gets_the_default() -> None:
@@ -98,7 +100,7 @@ def test_a_cluster_policy_may_select_namespaces() -> None:
         (
             doc(probes={"process": {"maxArgz": 3}}),
             "spec.probes.process.maxArgz: unknown parameter; process takes captureArgs, maxArgs, "
-            "maxArgBytes, redact",
+            "maxArgBytes, maxBytes, redact",
         ),
         (
             doc(probes={"process": {"maxArgs": 0}}),
@@ -106,7 +108,8 @@ def test_a_cluster_policy_may_select_namespaces() -> None:
         ),
         (
             doc(probes={"process": {"redact": ["(unclosed"]}}),
-            "spec.probes.process.redact: redact[0] '(unclosed' is not a regex",
+            "spec.probes.process.redact: redact[0] '(unclosed': not a regex RE2 runs in linear "
+            "time: missing ): (unclosed",
         ),
         (doc(probes={}), "spec.probes: name at least one probe"),
         (
@@ -125,7 +128,7 @@ def test_a_cluster_policy_may_select_namespaces() -> None:
             "spec.containers[0]: String should match pattern",
         ),
         (
-            doc(probes={"tcp": {}}, export={"sampling": 2}),
+            doc("ClusterProbePolicy", probes={"tcp": {}}, export={"sampling": 2}),
             "spec.export.sampling: Input should be less than or equal to 1",
         ),
         (

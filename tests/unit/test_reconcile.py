@@ -28,8 +28,10 @@ def pp(name: str, namespace: str | None = "shop", **spec: Any) -> Any:
     return parse_policy({"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "spec": spec})
 
 
+# Cluster policies: the only ones that change node-wide settings.
 WEB = pp(
     "web",
+    None,
     podSelector={"matchLabels": {"app": "web", "tier": "front"}},
     probes={"process": {"maxArgs": 8, "maxArgBytes": 512, "redact": ["pin=(?P<value>\\d+)"]}},
     rules=[{"name": "tmp", "expression": 'kind == "process.exec"'}],
@@ -37,18 +39,39 @@ WEB = pp(
 )
 DB = pp(
     "db",
-    namespace="data",
+    None,
+    namespaceSelector={"matchLabels": {"team": "data"}},
     probes={"process": {"maxArgs": 64, "captureArgs": False, "redact": ["a=(?P<value>.*)"]}},
     export={"sampling": 0.7, "metrics": False},
 )
 NODE = pp("node", None, probes={"runqlat": {}, "tcp": {}}, export={"spans": False})
+# A tenant: adds for its own pods, changes nothing node-wide.
+TENANT = pp(
+    "shop",
+    podSelector={"matchLabels": {"app": "web"}},
+    probes={"tcp": {}, "process": {"maxArgs": 64, "redact": ["pin=(?P<value>\\d+)"]}},
+    rules=[{"name": "tmp", "expression": 'kind == "process.exec"'}],
+)
 
 
 def test_no_policy_keeps_the_base() -> None:
     assert render([], BASE) == BASE
 
 
-def test_probes_are_the_union_and_node_settings_are_kept() -> None:
+def test_a_namespaced_policy_leaves_probes_limits_and_export_untouched() -> None:
+    config = render([TENANT], BASE)
+    assert config.probes == BASE.probes  # process stays on for everyone, tcp stays off
+    assert config.export == BASE.export
+    assert config.pipeline == BASE.pipeline
+    (applied,) = config.policies
+    assert applied.namespace == "shop"
+    assert applied.probes == ("process", "tcp")
+    assert applied.capture is not None
+    assert (applied.capture.max_args, applied.capture.redact) == (64, ("pin=(?P<value>\\d+)",))
+    assert config.running_probes() == ["process", "tcp"]
+
+
+def test_cluster_probes_add_to_the_base_and_node_settings_are_kept() -> None:
     config = render([WEB, NODE], BASE)
     assert config.probes.enabled() == ["process", "tcp", "runqlat"]
     assert config.pipeline == BASE.pipeline
@@ -56,10 +79,22 @@ def test_probes_are_the_union_and_node_settings_are_kept() -> None:
     assert config.export.otlp == BASE.export.otlp
     assert config.probes.process.ring_buffer == BASE.probes.process.ring_buffer
     only_node = render([NODE], BASE)
-    assert only_node.probes.enabled() == ["tcp", "runqlat"]
+    assert only_node.probes.enabled() == ["process", "tcp", "runqlat"]  # the base's process too
 
 
-def test_the_most_detailed_capture_wins() -> None:
+def test_a_cluster_policy_turns_probes_off_for_everyone() -> None:
+    off = pp("quiet", None, disabledProbes=["process", "tcp"])
+    config = render([off, NODE, TENANT], BASE)
+    assert config.probes.enabled() == ["runqlat"]  # off wins over NODE naming tcp
+    # The policies naming tcp and process still get them for what they select.
+    assert config.running_probes() == ["process", "tcp", "runqlat"]
+    assert render([off], BASE).probes.enabled() == []
+    assert render([NODE, off], BASE) == config.model_copy(
+        update={"policies": tuple(p for p in config.policies if p.name != "shop")}
+    )
+
+
+def test_the_most_detailed_cluster_capture_wins() -> None:
     args = render([WEB, DB], BASE).probes.process.args
     assert args.max_args == 64
     assert args.max_arg_length == 512
@@ -70,26 +105,31 @@ def test_the_most_detailed_capture_wins() -> None:
     assert render([DB], BASE).probes.process.args.enabled is False
     assert render([WEB], BASE).probes.process.args.max_args == 8
     assert (
-        render([WEB, NODE, pp("bare", probes={"process": {}})], BASE).probes.process.args.max_args
+        render(
+            [WEB, NODE, pp("bare", None, probes={"process": {}})], BASE
+        ).probes.process.args.max_args
         == 32
     )
+    assert render([WEB, TENANT], BASE).probes.process.args.max_args == 8  # the tenant's is its own
 
 
 def test_each_policy_keeps_its_own_selection_sorted() -> None:
-    config = render([WEB, DB, NODE], BASE)
+    config = render([TENANT, WEB, DB, NODE], BASE)
     assert [(p.namespace, p.name) for p in config.policies] == [
+        (None, "db"),
         (None, "node"),
-        ("data", "db"),
-        ("shop", "web"),
+        (None, "web"),
+        ("shop", "shop"),
     ]
     web = config.policies[2]
     assert web.probes == ("process",)
+    assert web.capture is None  # a cluster policy's capture is node-wide
     assert [r.name for r in web.rules] == ["tmp"]
-    assert config.policies[0].rules == ()
+    assert config.policies[1].rules == ()
 
 
-def test_export_is_on_if_any_policy_wants_it_with_the_highest_sampling() -> None:
-    config = render([WEB, DB, NODE], BASE)
+def test_export_is_on_if_any_cluster_policy_wants_it_with_the_highest_sampling() -> None:
+    config = render([WEB, DB, NODE, TENANT], BASE)
     assert config.export.spans.enabled is True
     assert config.export.spans.sampling_ratio == 0.7
     assert config.export.metrics.enabled is False  # only DB says anything: off
@@ -98,21 +138,24 @@ def test_export_is_on_if_any_policy_wants_it_with_the_highest_sampling() -> None
 
 
 def test_same_policies_in_any_order_give_byte_identical_yaml() -> None:
-    texts = {to_yaml(render(order, BASE)) for order in itertools.permutations([WEB, DB, NODE])}
+    texts = {
+        to_yaml(render(order, BASE)) for order in itertools.permutations([WEB, DB, NODE, TENANT])
+    }
     assert len(texts) == 1
     # Label order in the source object does not matter either.
     reordered = pp(
         "web",
+        None,
         podSelector={"matchLabels": {"tier": "front", "app": "web"}},
         probes=WEB.spec.probes.model_dump(by_alias=True, exclude_none=True),
         rules=[{"name": "tmp", "expression": 'kind == "process.exec"'}],
         export={"spans": True, "sampling": 0.2},
     )
-    assert to_yaml(render([reordered, DB, NODE], BASE)) in texts
+    assert to_yaml(render([reordered, DB, NODE, TENANT], BASE)) in texts
 
 
 def test_the_yaml_is_what_the_agent_loads() -> None:
-    config = render([WEB, DB, NODE], BASE)
+    config = render([WEB, DB, NODE, TENANT], BASE)
     text = to_yaml(config)
     assert text.startswith("# Rendered by vigil-operator")
     assert parse_config(yaml.safe_load(text)) == config

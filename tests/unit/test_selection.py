@@ -14,13 +14,7 @@ from vigil.agent.enrich.namespaces import NamespaceCache
 from vigil.agent.enrich.pods import PodCache
 from vigil.agent.enrich.processes import ProcessTable
 from vigil.agent.pipeline.events import Event
-from vigil.agent.selection.kernel import (
-    NOT_SELECTED,
-    SELECT_ALL,
-    SELECT_LISTED,
-    SELECTED,
-    KernelSelection,
-)
+from vigil.agent.selection.kernel import ALL_PROBES, KernelSelection
 from vigil.agent.selection.policies import compile_policies
 from vigil.agent.selection.stage import PolicyStage
 from vigil.agent.selection.subjects import SubjectResolver
@@ -92,7 +86,12 @@ class Node:
         return self._next_id
 
     def policies(self, *policies: dict[str, Any]) -> None:
-        self.stage.install(compile_policies([AppliedPolicy.model_validate(p) for p in policies]))
+        """Policies over a node that observes nothing for everyone: they decide it all."""
+        self.stage.install(
+            compile_policies(
+                [AppliedPolicy.model_validate(p) for p in policies], node_wide=frozenset()
+            )
+        )
 
     def run(self, *events: Event) -> list[Event]:
         return self.stage.process(list(events))
@@ -117,7 +116,13 @@ def test_without_policies_everything_passes_untouched(node: Node) -> None:
     events = [exec_event(HOST_CGROUP)]
     assert node.stage.process(events) is events
     assert "vigil.policy.names" not in events[0].attributes
-    assert node.stage.counters.as_dict() == {"kept": 0, "dropped": 0, "unresolved": 0, "errors": 0}
+    assert node.stage.counters.as_dict() == {
+        "kept": 0,
+        "unselected": 0,
+        "dropped": 0,
+        "unresolved": 0,
+        "errors": 0,
+    }
 
 
 def test_namespaced_policy_selects_only_its_namespace(node: Node) -> None:
@@ -152,7 +157,13 @@ def test_pod_selector_and_policy_names(node: Node) -> None:
     [event] = node.run(exec_event(web["main"]))
     assert event.attributes["vigil.policy.names"] == ["a/web", "not-db"]
     assert not node.kept(db["main"])
-    assert node.stage.counters.as_dict() == {"kept": 1, "dropped": 1, "unresolved": 0, "errors": 0}
+    assert node.stage.counters.as_dict() == {
+        "kept": 1,
+        "unselected": 0,
+        "dropped": 1,
+        "unresolved": 0,
+        "errors": 0,
+    }
 
 
 def test_cluster_policy_without_selectors_covers_the_host_too(node: Node) -> None:
@@ -218,7 +229,13 @@ def test_unknown_pod_is_unresolved_unless_a_policy_covers_everything(node: Node)
     node.policies({"name": "p", "namespace": "a"})
     assert not node.kept(ghost["main"])
     assert not node.kept(123456)  # a cgroup the table never saw
-    assert node.stage.counters.as_dict() == {"kept": 0, "dropped": 2, "unresolved": 2, "errors": 0}
+    assert node.stage.counters.as_dict() == {
+        "kept": 0,
+        "unselected": 0,
+        "dropped": 2,
+        "unresolved": 2,
+        "errors": 0,
+    }
     node.policies({"name": "p", "namespace": "a"}, {"name": "all"})
     [event] = node.run(exec_event(ghost["main"]))
     assert event.attributes["vigil.policy.names"] == ["all"]
@@ -237,28 +254,28 @@ def test_rules_run_only_for_the_policy_that_selected_the_event(node: Node) -> No
     assert out[1].attributes["vigil.cgroup.id"] == in_a["main"]
 
 
-def test_kernel_verdicts(node: Node) -> None:
+def test_kernel_entries(node: Node) -> None:
     in_a = node.pod("a", {}, containers=("main", "sidecar"))
     in_b = node.pod("b", {})
     ghost = node.pod("a", {}, known=False)
     node.kernel.sync()
-    assert node.kernel.mode == SELECT_ALL  # no policies
-    assert node.kernel.verdicts() == {}
+    assert node.kernel.mode == ALL_PROBES  # no policies
+    assert node.kernel.entries() == {}
 
     node.policies({"name": "p", "namespace": "a", "containers": ["main"]})
     node.kernel.sync()
-    assert node.kernel.mode == SELECT_LISTED
-    verdicts = node.kernel.verdicts()
-    assert verdicts[in_a["main"]] == SELECTED
-    assert verdicts[in_a["sidecar"]] == NOT_SELECTED
-    assert verdicts[in_a[""]] == NOT_SELECTED
-    assert verdicts[in_b["main"]] == NOT_SELECTED
-    assert verdicts[HOST_CGROUP] == NOT_SELECTED
-    # Not known yet: no verdict, so the kernel lets its events through.
-    assert ghost["main"] not in verdicts
-    assert ghost[""] not in verdicts
+    assert node.kernel.mode == 0  # nothing node-wide here
+    entries = node.kernel.entries()
+    assert entries[in_a["main"]] == (ALL_PROBES, 0)  # no probes named: every probe
+    assert entries[in_a["sidecar"]] == (0, 0)
+    assert entries[in_a[""]] == (0, 0)
+    assert entries[in_b["main"]] == (0, 0)
+    assert entries[HOST_CGROUP] == (0, 0)
+    # Not known yet: no entry, so the kernel lets its events through.
+    assert ghost["main"] not in entries
+    assert ghost[""] not in entries
 
     node.policies({"name": "p", "namespace": "a"}, {"name": "everything"})
     node.kernel.sync()
-    assert node.kernel.mode == SELECT_ALL
-    assert node.kernel.verdicts() == {}
+    assert node.kernel.entries()[HOST_CGROUP] == (ALL_PROBES, 0)
+    assert ghost["main"] not in node.kernel.entries()  # p cannot tell yet

@@ -87,6 +87,19 @@ class AgentConfig(ApiModel):
         "empty: every process on the host is observed, with no rules",
     )
 
+    def running_probes(self) -> list[str]:
+        """Probes the agent runs: on for everyone, or named by a policy (for its cgroups)."""
+        asked = {probe for policy in self.policies for probe in policy.probes}
+        return [
+            name
+            for name in type(self.probes).model_fields
+            if getattr(self.probes, name).enabled or name in asked
+        ]
+
+    def node_wide_probes(self) -> frozenset[str]:
+        """Probes that observe every cgroup (the rest: only those of policies naming them)."""
+        return frozenset(self.probes.enabled())
+
 
 def parse_config(data: object, *, source: str = "config") -> AgentConfig:
     """Validate a parsed YAML/JSON document; errors name the field and the reason."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vigil.api.base import ApiModel
+from vigil.api.patterns import check_patterns
 from vigil.api.selectors import LabelSelector
 
 
@@ -34,6 +35,38 @@ class Filters(ApiModel):
     uids: tuple[int, ...] = Field((), description="process.user.id values")
 
 
+class ArgsCapture(ApiModel):
+    """What a namespaced policy adds to argv capture, for the pods it selects only.
+
+    Unset: the node's setting. Several policies over one pod combine to the most
+    detailed (max of each limit, union of redactions, on if any turns it on), never
+    below the node's (the operator refuses lower values).
+    """
+
+    enabled: bool | None = Field(None, description="true: capture argv of these pods")
+    max_args: int | None = Field(None, ge=1, le=1024, description="arguments kept per exec")
+    max_arg_length: int | None = Field(
+        None, ge=1, le=4095, description="characters kept per argument"
+    )
+    max_bytes: int | None = Field(
+        None, ge=1, le=4095, description="bytes of argv read in the kernel (per cgroup)"
+    )
+    redact: tuple[str, ...] = Field(
+        (), description="regexes (RE2) masked in these pods' command lines, after the node's"
+    )
+
+    @field_validator("redact")
+    @classmethod
+    def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        return check_patterns(patterns, field="redact")
+
+    @property
+    def adds(self) -> bool:
+        return bool(
+            self.enabled or self.max_args or self.max_arg_length or self.max_bytes or self.redact
+        )
+
+
 class AppliedPolicy(ApiModel):
     name: str
     namespace: str | None = Field(
@@ -46,6 +79,13 @@ class AppliedPolicy(ApiModel):
         None, description="cluster-scoped policies only: namespaces by their labels"
     )
     containers: tuple[str, ...] = Field((), description="container names; empty: all")
-    probes: tuple[str, ...] = Field((), description="probes this policy asked for")
+    probes: tuple[str, ...] = Field(
+        (),
+        description="probes this policy asked for: a probe the node does not run for everyone "
+        "(probes.<name>.enabled false) runs for the cgroups of the policies naming it only",
+    )
+    capture: ArgsCapture | None = Field(
+        None, description="namespaced policies: argv capture added for the pods they select"
+    )
     filters: Filters = Filters()
     rules: tuple[Rule, ...] = ()

@@ -37,7 +37,8 @@ from pydantic.fields import FieldInfo
 
 from vigil.api.base import ApiModel
 from vigil.api.cel_ext import cel
-from vigil.api.policies import AppliedPolicy, Filters, Rule
+from vigil.api.config import AgentConfig
+from vigil.api.policies import AppliedPolicy, ArgsCapture, Filters, Rule
 from vigil.api.probes import Probes
 from vigil.api.probes.common import RingBuffer
 from vigil.api.probes.process import ArgumentCapture, check_redactions
@@ -51,10 +52,23 @@ CLUSTER_KIND = "ClusterProbePolicy"
 MERGE_KEY = "x-vigil-merge"
 ACCEPTED = "Accepted"
 
-# Bounds that keep the CRD's CEL validations within the API server's cost budget.
-MAX_RULES = 64
+# Per-policy bounds, written into the CRD (maxItems / maxLength), so the API server
+# enforces them before the operator sees an object: they keep the CRD's own CEL
+# validations within the API server's cost budget and bound what one policy (one
+# tenant) can cost every node (issue 12).
+MAX_RULES = 32
 MAX_CONTAINERS = 64
-MAX_EXPRESSION_LENGTH = 4096
+MAX_EXPRESSION_LENGTH = 2048
+MAX_REDACTIONS = 16
+MAX_PATTERN_LENGTH = 256
+# The CEL library (common-expression-language) has neither a cost estimator nor a
+# runtime cost limit, so a rule's cost is bounded statically: its length (above), and at
+# most this many comprehension variables (`.all(x, ...)`, `.exists(x, ...)`, `.map`,
+# `.filter`): one loop over a list attribute (argv: at most 1024 items) keeps an
+# evaluation linear in the event's size; a second, possibly nested, one would make it
+# quadratic. CEL's `matches()` runs Rust's linear-time regex engine.
+MAX_COMPREHENSION_VARIABLES = 1
+RULE_VARIABLES = frozenset({"kind", "attributes"})
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -93,11 +107,15 @@ class ProcessPolicy(ApiModel):
     max_arg_bytes: _field_of(ArgumentCapture, "max_arg_length") | None = Field(  # type: ignore[valid-type]
         None, description="characters kept per argument; unset: the node's setting"
     )
-    redact: tuple[str, ...] = Field(
+    max_bytes: _field_of(ArgumentCapture, "max_bytes") | None = Field(  # type: ignore[valid-type]
+        None, description="bytes of argv read in the kernel per exec; unset: the node's setting"
+    )
+    redact: tuple[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_LENGTH)], ...] = Field(
         (),
-        max_length=64,
-        description="regexes over the space-joined command line, masked in addition to the "
-        "node's; the named group `value` (else the whole match) becomes REDACTED",
+        max_length=MAX_REDACTIONS,
+        description="regexes (RE2 syntax, linear time) over the space-joined command line, "
+        "masked in addition to the node's; the named group `value` (else the whole match) "
+        "becomes REDACTED",
     )
 
     @field_validator("redact")
@@ -173,6 +191,7 @@ _probe_fields: dict[str, Any] = {
     name: (model | None, Field(None, description=_summary(SETTINGS_MODELS[name])))
     for name, model in PARAMETER_MODELS.items()
 }
+ProbeName = Literal["process", "tcp", "runqlat", "syscalls", "oom", "processState"]
 PolicyProbes: type[ApiModel] = create_model(
     "PolicyProbes",
     __base__=ApiModel,
@@ -180,6 +199,12 @@ PolicyProbes: type[ApiModel] = create_model(
     "unknown probe names are errors.",
     **_probe_fields,
 )
+
+
+def disabled_probes(policy: ProbePolicy | ClusterProbePolicy) -> list[str]:
+    """Probe names (snake case) a cluster policy turns off node-wide."""
+    wire = {to_camel(name): name for name in PARAMETER_MODELS}
+    return [wire[name] for name in getattr(policy.spec, "disabled_probes", ())]
 
 
 def requested_probes(probes: BaseModel) -> list[str]:
@@ -204,10 +229,25 @@ class PolicyRule(Rule):
     @classmethod
     def _compiles(cls, expression: str) -> str:
         try:
-            cel.compile(expression)
+            program = cel.compile(expression)
         except ValueError as exc:
             raise ValueError(f"not valid CEL: {cel_error(exc)}") from None
+        problem = rule_cost_problem(program)
+        if problem:
+            raise ValueError(problem)
         return expression
+
+
+def rule_cost_problem(program: Any) -> str | None:
+    """Why a compiled rule could cost more than linear time per event, or None."""
+    loops = sorted(set(program.variables()) - RULE_VARIABLES)
+    if len(loops) > MAX_COMPREHENSION_VARIABLES:
+        return (
+            f"too costly: {len(loops)} comprehension variables ({', '.join(loops)}); at most "
+            f"{MAX_COMPREHENSION_VARIABLES} (one loop over a list) keeps a rule linear in the "
+            "event's size"
+        )
+    return None
 
 
 def cel_error(exc: ValueError) -> str:
@@ -231,6 +271,100 @@ class PolicyExport(ApiModel):
     )
 
 
+# -- what a namespaced ProbePolicy may not set (issue 12: tenants only add) ------------
+
+NODE_WIDE = "node-wide: only the base config or a ClusterProbePolicy may set it"
+
+
+def _node_wide_parameters() -> dict[str, tuple[str, ...]]:
+    """Probe (wire name) -> its parameters (wire names) a ProbePolicy may not set.
+
+    process: its argv capture is applied per cgroup (kernel map + decode), so a tenant
+    may raise it; every other probe's parameters are node-wide (one BPF map or compile
+    constant for the node), so a tenant may only turn the probe on for its pods.
+    """
+    return {
+        to_camel(name): tuple(
+            (info.alias or to_camel(field)) for field, info in model.model_fields.items()
+        )
+        for name, model in PARAMETER_MODELS.items()
+        if name != "process" and model.model_fields
+    }
+
+
+def _tenant_validations() -> list[dict[str, Any]]:
+    """The CRD's CEL rules for the same checks as tenant_problems."""
+    rules: list[dict[str, Any]] = [
+        {
+            "rule": "!has(self.export)",
+            "message": f"export is {NODE_WIDE}",
+            "fieldPath": ".export",
+        },
+        {
+            "rule": "!has(self.probes.process) || !has(self.probes.process.captureArgs) "
+            "|| self.probes.process.captureArgs",
+            "message": "captureArgs: false would lower the node's capture; a ProbePolicy "
+            "only adds (true, or unset)",
+            "fieldPath": ".probes.process.captureArgs",
+        },
+    ]
+    for probe, fields in _node_wide_parameters().items():
+        has_any = " || ".join(f"has(self.probes.{probe}.{f})" for f in fields)
+        rules.append(
+            {
+                "rule": f"!has(self.probes.{probe}) || self.probes.{probe} == null || !({has_any})",
+                "message": f"the parameters of {probe} are {NODE_WIDE}; a ProbePolicy turns "
+                f"the probe on for its pods with {probe}: {{}}",
+                "fieldPath": f".probes.{probe}",
+            }
+        )
+    return rules
+
+
+def tenant_problems(spec: Mapping[str, Any]) -> list[str]:
+    """What a namespaced ProbePolicy's raw spec sets that only the node may (wire names)."""
+    problems = []
+    if "export" in spec:
+        problems.append(f"export: {NODE_WIDE}")
+    probes = spec.get("probes")
+    if isinstance(probes, Mapping):
+        process = probes.get("process")
+        if isinstance(process, Mapping) and process.get("captureArgs") is False:
+            problems.append(
+                "probes.process.captureArgs: false would lower the node's capture; "
+                "a ProbePolicy only adds (true, or unset)"
+            )
+        for probe, fields in _node_wide_parameters().items():
+            params = probes.get(probe)
+            if isinstance(params, Mapping):
+                for name in fields:
+                    if name in params:
+                        problems.append(f"probes.{probe}.{name}: {NODE_WIDE}")
+    return problems
+
+
+def below_base(policy: ProbePolicy | ClusterProbePolicy, base: AgentConfig) -> list[str]:
+    """A namespaced policy's capture limits below the node's (it may only raise them)."""
+    if policy.kind != NAMESPACED_KIND:
+        return []
+    params = policy.spec.probes.process  # type: ignore[attr-defined]
+    if not isinstance(params, ProcessPolicy):
+        return []
+    node = base.probes.process.args
+    problems = []
+    for wire, own, floor in (
+        ("maxArgs", params.max_args, node.max_args),
+        ("maxArgBytes", params.max_arg_bytes, node.max_arg_length),
+        ("maxBytes", params.max_bytes, node.max_bytes),
+    ):
+        if own is not None and own < floor:
+            problems.append(
+                f"spec.probes.process.{wire}: {own} is below the node's {floor}; a ProbePolicy "
+                "may only raise capture for its pods (unset: the node's)"
+            )
+    return problems
+
+
 _UNIQUE_RULE_NAMES: dict[str, Any] = {
     "rule": "self.all(r, self.exists_one(s, s.name == r.name))",
     "message": "rule names must be unique within a policy",
@@ -248,7 +382,8 @@ class ProbePolicySpec(ApiModel):
                     "message": "a ProbePolicy selects pods of its own namespace only; "
                     "use a ClusterProbePolicy to select namespaces",
                     "fieldPath": ".namespaceSelector",
-                }
+                },
+                *_tenant_validations(),
             ]
         }
     )
@@ -272,21 +407,28 @@ class ProbePolicySpec(ApiModel):
         description="CEL rules evaluated on the events of the selected pods",
         json_schema_extra={"x-kubernetes-validations": [_UNIQUE_RULE_NAMES]},
     )
-    export: PolicyExport = Field(PolicyExport(), description="export settings this policy asks for")
+    export: PolicyExport = Field(
+        PolicyExport(),
+        description=f"export settings this policy asks for: ClusterProbePolicy only ({NODE_WIDE})",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _no_namespace_selector(cls, data: Any) -> Any:
-        if cls is ProbePolicySpec and isinstance(data, dict) and "namespaceSelector" in data:
-            raise ValueError(
-                "namespaceSelector: a ProbePolicy selects pods of its own namespace only; "
-                "use a ClusterProbePolicy to select namespaces"
-            )
+        if cls is ProbePolicySpec and isinstance(data, dict):
+            if "namespaceSelector" in data:
+                raise ValueError(
+                    "namespaceSelector: a ProbePolicy selects pods of its own namespace only; "
+                    "use a ClusterProbePolicy to select namespaces"
+                )
+            problems = tenant_problems(data)
+            if problems:
+                raise ValueError(problems[0])
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ProbePolicySpec:
-        if not requested_probes(self.probes):
+        if not requested_probes(self.probes) and not getattr(self, "disabled_probes", ()):
             raise ValueError("probes: name at least one probe, e.g. {process: {}}")
         seen: dict[str, int] = {}
         for index, rule in enumerate(self.rules):
@@ -302,10 +444,33 @@ class ProbePolicySpec(ApiModel):
 class ClusterProbePolicySpec(ProbePolicySpec):
     """Selects pods across namespaces; without any selector: every process on the node."""
 
-    model_config = ConfigDict(json_schema_extra={})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.probes) && size(self.probes) > 0) || "
+                    "(has(self.disabledProbes) && size(self.disabledProbes) > 0)",
+                    "message": "name at least one probe in probes or disabledProbes",
+                    "fieldPath": ".probes",
+                }
+            ]
+        }
+    )
 
     namespace_selector: LabelSelector | None = Field(
         None, description="namespaces by their labels; unset: every namespace (and host processes)"
+    )
+    probes: PolicyProbes = Field(
+        default_factory=PolicyProbes,
+        description="probe name -> parameters, e.g. {process: {captureArgs: true}, tcp: {}}: "
+        "on for everyone on the node; may be empty when disabledProbes names some",
+    )
+    disabled_probes: tuple[ProbeName, ...] = Field(
+        (),
+        max_length=len(PARAMETER_MODELS),
+        description="probes turned off for everyone on the node (the base config's included); "
+        "wins over policies naming them, whose selections still get them",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 
@@ -395,7 +560,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = _unknown_field(error["loc"])
-        nested = re.match(r"^([A-Za-z]\w*(?:\[\d+\])?(?:\.\w+)?): (.*)$", message)
+        nested = re.match(r"^([A-Za-z]\w*(?:\[\d+\])?(?:\.\w+)*): (.*)$", message)
         if nested and path:
             # A model validator names the field inside the model it checks.
             path, message = f"{path}.{nested.group(1)}", nested.group(2)
@@ -427,9 +592,17 @@ def object_ref(doc: Mapping[str, Any]) -> str:
 
 
 def parse_policy(
-    doc: object, *, source: str = "", default_namespace: str = "default"
+    doc: object,
+    *,
+    source: str = "",
+    default_namespace: str = "default",
+    base: AgentConfig | None = None,
 ) -> ProbePolicy | ClusterProbePolicy:
-    """Validate one raw object (from YAML or the API; status is ignored)."""
+    """Validate one raw object (from YAML or the API; status is ignored).
+
+    With `base` (the node's config), a namespaced policy asking for less capture than the
+    node's is refused too: the CRD cannot know the node's values.
+    """
     if not isinstance(doc, Mapping):
         raise PolicyError(source, "document", ["not a mapping (a Kubernetes object)"])
     ref = object_ref(doc)
@@ -453,13 +626,32 @@ def parse_policy(
         policy = model.model_validate(body)
     except ValidationError as exc:
         raise PolicyError(source, object_ref(body), describe_errors(exc)) from None
+    lower = below_base(policy, base) if base is not None else []
+    if lower:
+        raise PolicyError(source, policy.ref, lower)
     return policy
 
 
 def applied(policy: ProbePolicy | ClusterProbePolicy) -> AppliedPolicy:
-    """What the agent applies for one accepted policy (its selection, filters, rules)."""
+    """What the agent applies for one accepted policy (its selection, filters, rules).
+
+    A namespaced policy's process parameters become its own per-pod `capture`; a cluster
+    policy's are merged into the node's settings by the operator instead.
+    """
     spec = policy.spec
+    capture = None
+    params = spec.probes.process  # type: ignore[attr-defined]
+    if policy.kind == NAMESPACED_KIND and isinstance(params, ProcessPolicy):
+        capture = ArgsCapture(
+            enabled=params.capture_args,
+            max_args=params.max_args,
+            max_arg_length=params.max_arg_bytes,
+            max_bytes=params.max_bytes,
+            redact=params.redact,
+        )
+        capture = capture if capture.adds else None
     return AppliedPolicy(
+        capture=capture,
         name=policy.metadata.name,
         namespace=policy.namespace,
         pod_selector=spec.pod_selector,

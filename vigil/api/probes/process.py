@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from pydantic import Field, field_validator
 
 from vigil.api.base import ApiModel
+from vigil.api.patterns import check_patterns
 from vigil.api.probes.common import RingBuffer
 
 # Masks the value of secret-looking options. Patterns run over the command line
@@ -22,13 +21,8 @@ DEFAULT_REDACTIONS: tuple[str, ...] = (
 
 
 def check_redactions(patterns: tuple[str, ...]) -> tuple[str, ...]:
-    """Every redaction must be a regex: name the first one that is not."""
-    for index, pattern in enumerate(patterns):
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"redact[{index}] {pattern!r} is not a regex: {exc}") from None
-    return patterns
+    """Every redaction must be a regex RE2 runs: name the first one that is not."""
+    return check_patterns(patterns, field="redact")
 
 
 class ArgumentCapture(ApiModel):
