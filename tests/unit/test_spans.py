@@ -30,7 +30,7 @@ class Harness:
         self.spans = ProcessSpans(
             SimpleSpanProcessor(self.exporter),
             resource=RESOURCE,
-            settings=Spans(**settings),
+            settings=Spans(**{"sampling_ratio": 1.0, **settings}),
             counters=self.counters,
             clock=lambda: NOW,
         )
