@@ -448,8 +448,17 @@ VIGIL_PROCESS_RUNNING: Final = _key(
     "bool",
     "vigil",
     ("span",),
-    "true: the process span ended while the process still ran (agent shutdown, or "
-    "export.spans.maxOpen reached)",
+    "true: the process span ended while the process still ran: exported early because "
+    "its first child's span was (so children never arrive without their parent), or at "
+    "agent shutdown, or export.spans.maxOpen reached",
+)
+VIGIL_PROCESS_CONTINUATION: Final = _key(
+    "vigil.process.continuation",
+    "bool",
+    "vigil",
+    ("span",),
+    "true: the rest of a process's life (to its exit, with its status) after its span was "
+    "exported early as running; a child of that span, named like it",
 )
 VIGIL_PROCESS_STATE_NAME: Final = _key(
     "vigil.process.state_name",
