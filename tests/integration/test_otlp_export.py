@@ -32,8 +32,9 @@ from vigil.agent.pipeline.readings import Readings
 from vigil.agent.runtime import Agent
 from vigil.agent.sinks.otlp import OtlpSink
 from vigil.agent.telemetry.export import Telemetry
+from vigil.api.attributes import PROCESS_EXECUTABLE_NAME
 from vigil.api.config import AgentConfig
-from vigil.api.export import Export, Metrics, Otlp, Spans
+from vigil.api.export import DEFAULT_METRIC_ATTRIBUTES, Export, Metrics, Otlp, Spans
 
 pytestmark = pytest.mark.bpf
 
@@ -69,8 +70,11 @@ def start_agent(export: Export) -> Running:
 def quick_export(endpoint: str, **otlp: object) -> Export:
     return Export(
         otlp=Otlp(endpoint=endpoint, timeout_ms=500, shutdown_timeout_ms=2000, **otlp),  # type: ignore[arg-type]
-        metrics=Metrics(interval_ms=300),
-        spans=Spans(batch_delay_ms=100),
+        # Executable names opted in: these tests count a uniquely named copy's execs.
+        metrics=Metrics(
+            interval_ms=300, attributes=(*DEFAULT_METRIC_ATTRIBUTES, PROCESS_EXECUTABLE_NAME)
+        ),
+        spans=Spans(batch_delay_ms=100, sampling_ratio=1.0),
     )
 
 
