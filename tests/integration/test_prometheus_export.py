@@ -117,7 +117,7 @@ def test_prometheus_scrapes_the_agents_metrics(
         seen = assert_exposition_registered(exposition, configured=metrics.attributes)
         always = {m.name for m in METRICS if m.source in ("process", "agent")}
         sometimes = {"vigil.process.zombies", "vigil.process.state", "vigil.agent.rule.errors"}
-        sometimes |= {"vigil.agent.metrics.overflow", "vigil.agent.kernel.map_full"}
+        sometimes |= {"vigil.agent.export.dropped", "vigil.agent.kernel.map_full"}
         assert always - sometimes <= seen, always - sometimes - seen
 
         server = start_prometheus(base, directory, target)

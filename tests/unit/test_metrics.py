@@ -171,7 +171,13 @@ def test_readme_table_is_the_generated_one() -> None:
 
 _SUFFIXES = ("_bucket", "_sum", "_count", "_created")
 # Labels the OTLP -> Prometheus translation (or vigil's fallbacks) add to any metric.
-_ALWAYS = {"otel_scope_name", "otel_scope_version", "le", "otel_metric_overflow"}
+_ALWAYS = {
+    "otel_scope_name",
+    "otel_scope_version",
+    "otel_scope_schema_url",
+    "le",
+    "otel_metric_overflow",
+}
 
 
 def _label(key: str) -> str:
