@@ -17,7 +17,6 @@ from tests.support.kubeapi import FakeKubeAPI
 from tests.unit.test_operator_chart import find, render_chart
 from tests.unit.test_pods import NODE, cid, make_pod, wait_until
 from vigil.agent.enrich import pods
-from vigil.agent.enrich.attribution import Enricher
 from vigil.agent.enrich.workloads import Owner, Workloads, api_fetch, controller_of
 
 NS = "shop"
@@ -130,12 +129,6 @@ def test_pods_roll_up_to_deployments_cronjobs_and_their_own_kinds(
             "vigil.k8s.workload.kind": "Pod",
             "vigil.k8s.workload.name": "debug",
         }
-        # Events of the pod's container carry them (the Enricher reads the cache).
-        info, container = cache.container(cid(1)) or (None, None)
-        assert info is not None
-        attrs = Enricher.__new__(Enricher)
-        attrs.pod_labels = ()
-        assert web.items() <= attrs._pod_attributes(info, container).items()
     finally:
         watcher.stop(timeout=3)
         client.close()
