@@ -12,6 +12,7 @@ import ast
 import importlib
 import pkgutil
 from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,8 @@ def test_registered_raises_naming_an_unknown_metric() -> None:
         registered("vigil.nope")
 
 
-def semconv_metric_names() -> set[str]:
+@cache
+def semconv_metric_names() -> frozenset[str]:
     names: set[str] = set()
     for folder in importlib.import_module(INCUBATING_METRICS).__path__:
         for path in Path(folder).glob("*_metrics.py"):
@@ -132,7 +134,7 @@ def semconv_metric_names() -> set[str]:
                     and isinstance(node.value.value, str)
                 ):
                     names.add(node.value.value)
-    return names
+    return frozenset(names)
 
 
 @pytest.mark.parametrize("entry", METRICS, ids=lambda m: m.name)
