@@ -14,10 +14,11 @@ import pytest
 
 from tests.integration.test_operator_rbac import authorize, request_attributes
 from tests.support.kubeapi import FakeKubeAPI
-from tests.unit.test_operator_chart import find, render_chart
+from tests.unit.test_operator_chart import env_of, find, render_chart
 from tests.unit.test_pods import NODE, cid, make_pod, wait_until
 from vigil.agent.enrich import pods
 from vigil.agent.enrich.workloads import Owner, Workloads, api_fetch, controller_of
+from vigil.agent.telemetry.provider import CLUSTER_NAME_VARIABLE
 
 NS = "shop"
 
@@ -192,3 +193,15 @@ def test_controller_of_prefers_the_controller_reference() -> None:
     }
     assert controller_of(meta) == Owner("DaemonSet", "ds", "2")
     assert controller_of({}) is None
+
+
+def test_the_charts_cluster_name_reaches_the_agents_resource() -> None:
+    def agent_env(values: dict[str, Any] | None) -> dict[str, Any]:
+        daemonset = find(render_chart(values), "DaemonSet")
+        return env_of(daemonset["spec"]["template"]["spec"]["containers"][0])
+
+    assert "K8S_CLUSTER_NAME" not in agent_env(None)
+    env = agent_env({"clusterName": "prod-eu"})
+    assert env["K8S_CLUSTER_NAME"] == "prod-eu"
+    # ... which build_resource reads as k8s.cluster.name (tests/unit/test_export_config.py)
+    assert CLUSTER_NAME_VARIABLE == "K8S_CLUSTER_NAME"
