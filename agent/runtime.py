@@ -28,6 +28,7 @@ from vigil.agent.enrich.cgroups import CgroupTable
 from vigil.agent.enrich.namespaces import NamespaceCache
 from vigil.agent.enrich.pods import PodCache, PodWatcher, api_client_from_environment
 from vigil.agent.enrich.processes import ProcessTable
+from vigil.agent.enrich.workloads import Workloads, api_fetch
 from vigil.agent.kernel import mounts
 from vigil.agent.pipeline.dispatch import Dispatcher, Stage
 from vigil.agent.pipeline.readings import Readings
@@ -82,6 +83,7 @@ class Agent:
         self.cgroups: CgroupTable | None = None
         self.pods: PodCache | None = None
         self.pod_watcher: PodWatcher | None = None
+        self.workloads: Workloads | None = None
         self.namespaces: NamespaceCache | None = None
         self._api_client: Any = None
         self.enricher = self._build_enricher()
@@ -119,7 +121,8 @@ class Agent:
             readings.count("enrichment", self.enricher.counters.as_dict)
         if self.pod_watcher is not None:
             watch_counters = self.pod_watcher.counters
-            readings.count("kubernetes", lambda: dict(watch_counters))
+            owner_counters = self.workloads.counters if self.workloads else {}
+            readings.count("kubernetes", lambda: {**watch_counters, **owner_counters})
         config_counters = self.config_counters
         readings.count("config", lambda: dict(config_counters))
         readings.count(
@@ -154,7 +157,8 @@ class Agent:
                 raise AgentError(f"enrichment.kubernetes.kubeconfig: {exc}") from None
             self._api_client = client
             if client is not None and node_name:
-                self.pods = PodCache()
+                self.workloads = Workloads(api_fetch(client))
+                self.pods = PodCache(workloads=self.workloads)
                 self.pod_watcher = PodWatcher(self.pods, node_name=node_name, api_client=client)
             elif k8s.mode == "on":
                 missing = "a node name (nodeName or $NODE_NAME)" if client else "API access"

@@ -1,6 +1,7 @@
 """OTLP export cost: exec storm with `--output otlp` against `--output json`.
 
     flock /tmp/vigil-bench.lock .venv/bin/python bench/otlp.py [--runs 12] [--execs 20000]
+        [--sampling 1.0]
 
 Each run starts the agent twice, alternating which goes first: once with
 `--output json` (stdout to /dev/null), once with `--output otlp` to an
@@ -9,13 +10,19 @@ both with the process probe, and runs the same exec storm (fork + exec +
 exit of /bin/true, bench/src/execstorm.c) under each. Prints agent CPU per
 1,000 events for both, the median paired ratio otlp/json, span export
 throughput (spans received per second from storm start to the last span)
-and spans received per exec. Target (issue 5): ratio <= 1.5x.
+and spans received per exec. Target (issues 5, 14): ratio <= 1.5x.
+
+`--sampling` sets export.spans.samplingRatio (default: the agent's default,
+0.1). The storm is one process tree (the storm program and its children),
+and sampling keeps or drops whole trees, so below 1.0 a run exports either
+every span or none: 1.0 is the worst case (every process a span).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 
 from harness import ROOT, AgentRun, build, cpu_seconds, require_root, spread, timed
@@ -27,8 +34,9 @@ from tests.support.otlp_receiver import OtlpReceiver
 JSON = ["--probes", "process", "--output", "json"]
 
 
-def otlp_args(endpoint: str) -> list[str]:
-    return ["--probes", "process", "--output", "otlp", "--otlp-endpoint", endpoint]
+def otlp_args(endpoint: str, config: str | None) -> list[str]:
+    args = ["--probes", "process", "--output", "otlp", "--otlp-endpoint", endpoint]
+    return [*args, "--config", config] if config else args
 
 
 def storm_json(storm: list[str]) -> tuple[float, int]:
@@ -42,10 +50,10 @@ def storm_json(storm: list[str]) -> tuple[float, int]:
 
 
 def storm_otlp(
-    storm: list[str], receiver: OtlpReceiver, execs: int
+    storm: list[str], receiver: OtlpReceiver, execs: int, config: str | None
 ) -> tuple[float, int, float, int, int]:
     """(agent CPU s, events, spans/s, spans received, export drops) under --output otlp."""
-    with AgentRun(otlp_args(receiver.endpoint)) as agent:
+    with AgentRun(otlp_args(receiver.endpoint, config)) as agent:
         before = receiver.span_count
         cpu0 = cpu_seconds(agent.pid)
         started = time.perf_counter()
@@ -70,8 +78,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=12, help="alternated pairs (>= 12)")
     parser.add_argument("--execs", type=int, default=20_000)
+    parser.add_argument("--sampling", type=float, help="export.spans.samplingRatio")
     args = parser.parse_args()
     require_root()
+    config = None
+    if args.sampling is not None:
+        file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)  # noqa: SIM115
+        file.write(f"export:\n  spans: {{samplingRatio: {args.sampling}}}\n")
+        file.close()
+        config = file.name
     storm = [str(build("execstorm")), str(args.execs)]
 
     ratios, json_cost, otlp_cost, throughputs, per_exec = [], [], [], [], []
@@ -84,7 +99,9 @@ def main() -> None:
                 if side == "json":
                     results["json"] = storm_json(storm)
                 else:
-                    cpu, events, throughput, spans, drops = storm_otlp(storm, receiver, args.execs)
+                    cpu, events, throughput, spans, drops = storm_otlp(
+                        storm, receiver, args.execs, config
+                    )
                     results["otlp"] = (cpu, events)
                     throughputs.append(throughput)
                     per_exec.append(spans / args.execs)
@@ -105,7 +122,8 @@ def main() -> None:
                 flush=True,
             )
 
-    print(f"\nOTLP export: {args.execs} execs x {args.runs} alternated pairs")
+    sampling = "default" if args.sampling is None else args.sampling
+    print(f"\nOTLP export: {args.execs} execs x {args.runs} alternated pairs, sampling {sampling}")
     print(f"  agent CPU per 1,000 events, json (ms): {spread(json_cost, '{:.1f}')}")
     print(f"  agent CPU per 1,000 events, otlp (ms): {spread(otlp_cost, '{:.1f}')}")
     print(f"  CPU ratio otlp / json (paired):        {spread(ratios, '{:.2f}')}")

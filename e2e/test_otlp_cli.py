@@ -24,11 +24,15 @@ def test_outputs_combine_and_running_processes_end_their_spans(tmp_path: Path) -
     sleep_copy = tmp_path / f"vigil-e2e-sleep-{uuid.uuid4().hex[:8]}"
     shutil.copy("/bin/true", true_copy)
     shutil.copy("/bin/sleep", sleep_copy)
+    config = tmp_path / "agent.yaml"
+    config.write_text("export:\n  spans: {samplingRatio: 1.0}\n")  # every tree: it counts spans
     with OtlpReceiver() as receiver:
         agent = subprocess.Popen(
             [
                 *AGENT,
                 "run",
+                "--config",
+                str(config),
                 "--probes",
                 "process",
                 "--output",

@@ -101,6 +101,7 @@ class Enricher:
             K8S_POD_NAME: pod.name,
             K8S_NAMESPACE_NAME: pod.namespace,
         }
+        attrs.update(pod.workload)
         for key in self.pod_labels:
             value = pod.labels.get(key)
             if value is not None:

@@ -23,6 +23,7 @@ the other, never in neither.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,11 +33,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from vigil.agent.enrich.tombstones import Tombstones
+from vigil.agent.enrich.workloads import Owner, Workloads, controller_of, workload_attributes
 
 if TYPE_CHECKING:
     # Imported where used: ~0.3 s that a standalone agent (no cluster) never pays.
@@ -76,6 +78,9 @@ class PodInfo:
     labels: Mapping[str, str]
     # bare 64-hex container id -> container, for every container the status names
     containers: Mapping[str, ContainerInfo]
+    owner: Owner | None = None  # the controller ownerReference
+    # k8s.<kind>.name of the owner chain, vigil.k8s.workload.kind/name (workloads.py)
+    workload: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def container_id(raw: object) -> str | None:
@@ -120,12 +125,17 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo | None:
             image = container_status.get("image")
             image = image if isinstance(image, str) and image else spec_images.get(name)
             containers[cid] = ContainerInfo(name, image)
+    name = str(meta.get("name") or "")
+    owner = controller_of(meta)
     return PodInfo(
         uid=uid,
         namespace=str(meta.get("namespace") or ""),
-        name=str(meta.get("name") or ""),
+        name=name,
         labels=MappingProxyType(labels),
         containers=MappingProxyType(containers),
+        owner=owner,
+        # Without a Workloads reader (PodCache's), the direct owner is the workload.
+        workload=MappingProxyType(workload_attributes(name, (owner,) if owner else ())),
     )
 
 
@@ -152,9 +162,13 @@ class PodCache:
         *,
         tombstone_seconds: float = 300.0,
         max_tombstones: int = 10_000,
+        workloads: Workloads | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`workloads` reads the owners of ReplicaSets and Jobs (Deployment, CronJob);
+        without it a pod's workload is its direct owner."""
         self._clock = clock
+        self._workloads = workloads
         self._pods: dict[str, PodInfo] = {}
         self._containers: dict[str, tuple[PodInfo, ContainerInfo]] = {}
         self._dead_pods: Tombstones[str, PodInfo] = Tombstones(
@@ -216,7 +230,7 @@ class PodCache:
         """Apply one watch event ("ADDED", "MODIFIED" or "DELETED") with its pod JSON."""
         if event_type not in ("ADDED", "MODIFIED", "DELETED"):
             raise ValueError(f"unknown pod event type {event_type!r}")
-        info = pod_info(pod)
+        info = self._info(pod)
         if info is None:
             log.debug("ignoring a %s pod event without metadata.uid", event_type)
             return
@@ -232,7 +246,7 @@ class PodCache:
 
     def replace_all(self, pods: Iterable[Mapping[str, Any]]) -> None:
         """Make the cache what a (re)list returned; pods absent from it become tombstones."""
-        infos = [info for info in map(pod_info, pods) if info is not None]
+        infos = [info for info in map(self._info, pods) if info is not None]
         seen = {info.uid for info in infos}
         with self._lock:
             now = self._clock()
@@ -242,6 +256,14 @@ class PodCache:
             self._expire(now)
             callbacks = list(self._callbacks) if changed else []
         self._notify(callbacks, changed)
+
+    def _info(self, pod: Mapping[str, Any]) -> PodInfo | None:
+        # Outside the lock: resolving an owner may read it from the API server.
+        info = pod_info(pod)
+        if info is None or self._workloads is None or info.owner is None:
+            return info
+        workload = self._workloads.attributes(info.namespace, info.name, info.owner)
+        return dataclasses.replace(info, workload=MappingProxyType(workload))
 
     def expire(self) -> int:
         """Forget tombstones whose time is up; returns how many pods and container ids.

@@ -17,6 +17,7 @@ from typing import Literal
 
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.histograms import Log2Histogram
+from vigil.api import metrics as metric_registry
 from vigil.api.events import AttributeValue
 
 MetricKind = Literal["counter", "updown_counter", "gauge", "histogram"]
@@ -34,6 +35,15 @@ class MetricSpec:
     scale: float = 1.0
     # Histograms fed by events: explicit bucket bounds in `unit` (empty: the SDK's).
     buckets: tuple[float, ...] = ()
+
+
+def registered(name: str, *, scale: float = 1.0, buckets: tuple[float, ...] = ()) -> MetricSpec:
+    """The MetricSpec of a metric of vigil.api.metrics (KeyError when it is not registered):
+    name, instrument, unit and description come from the registry, never from a copy."""
+    entry = metric_registry.get(name)
+    return MetricSpec(
+        entry.name, entry.instrument, entry.unit, entry.description, scale=scale, buckets=buckets
+    )
 
 
 @dataclass(slots=True)

@@ -29,9 +29,10 @@ import ctypes
 from typing import Any, ClassVar
 
 from vigil.agent.pipeline.events import Event
-from vigil.agent.pipeline.samples import EventMetric, MetricSpec
+from vigil.agent.pipeline.samples import EventMetric, registered
 from vigil.agent.pipeline.timefmt import rfc3339_ns
 from vigil.agent.probes.base import DecodeError, Hook, Probe, RecordLayout
+from vigil.api import metrics
 from vigil.api.attributes import (
     PROCESS_CREATION_TIME,
     PROCESS_EXECUTABLE_NAME,
@@ -77,12 +78,7 @@ RECORD = RecordLayout(
     ]
 )
 
-KILLS = MetricSpec(
-    "vigil.oom.kills",
-    "counter",
-    "{kill}",
-    "Processes killed by the kernel's OOM killer",
-)
+KILLS = registered(metrics.OOM_KILLS)
 
 
 def _comm(raw: bytes) -> str:

@@ -13,9 +13,10 @@ from typing import Any, ClassVar
 
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.redaction import Redactor
-from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
+from vigil.agent.pipeline.samples import EventMetric, MetricPoint, registered
 from vigil.agent.pipeline.timefmt import parse_rfc3339_ns, rfc3339_ns
 from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext, RecordLayout
+from vigil.api import metrics
 from vigil.api.attributes import (
     PROCESS_COMMAND_ARGS,
     PROCESS_CREATION_TIME,
@@ -64,29 +65,14 @@ RECORD = RecordLayout(
 )
 
 
-EXECS = MetricSpec("vigil.process.execs", "counter", "{exec}", "Programs started (execve)")
-EXITS = MetricSpec(
-    "vigil.process.exits", "counter", "{process}", "Processes that exited, by exit code"
-)
+EXECS = registered(metrics.PROCESS_EXECS)
+EXITS = registered(metrics.PROCESS_EXITS)
 # Powers of two from ~1 ms to ~36 h: short-lived tools and daemons both land.
 LIFETIME_BUCKETS = tuple(2.0**k for k in range(-10, 18))
-LIFETIME = MetricSpec(
-    "vigil.process.lifetime",
-    "histogram",
-    "s",
-    "How long processes lived, from fork to exit",
-    buckets=LIFETIME_BUCKETS,
-)
-ZOMBIES = MetricSpec(
-    "vigil.process.zombies", "gauge", "{process}", "Processes that exited and are not yet reaped"
-)
+LIFETIME = registered(metrics.PROCESS_LIFETIME, buckets=LIFETIME_BUCKETS)
+ZOMBIES = registered(metrics.PROCESS_ZOMBIES)
 # Shared with the process_state probe, which reports state_name=uninterruptible.
-PROCESS_STATE = MetricSpec(
-    "vigil.process.state",
-    "gauge",
-    "{process}",
-    "Processes in a notable state, by vigil.process.state_name",
-)
+PROCESS_STATE = registered(metrics.PROCESS_STATE)
 
 
 def lifetime_seconds(event: Event) -> float | None:

@@ -22,26 +22,16 @@ from typing import Any, ClassVar
 
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
-from vigil.agent.pipeline.samples import MetricPoint, MetricSpec
+from vigil.agent.pipeline.samples import MetricPoint, registered
 from vigil.agent.probes import cgroup_maps
 from vigil.agent.probes.base import DecodeError, Hook, Probe
+from vigil.api import metrics
 from vigil.api.attributes import VIGIL_CGROUP_ID
 from vigil.api.events import AttributeValue
 from vigil.api.probes.runqlat import RunqlatProbe as RunqlatConfig
 
-RUNQUEUE_LATENCY = MetricSpec(
-    "vigil.sched.runqueue.latency",
-    "histogram",
-    "s",
-    "Time runnable tasks waited on a run queue (from wakeup or preemption) before running",
-    scale=1e-9,
-)
-PREEMPTIONS = MetricSpec(
-    "vigil.sched.preemptions",
-    "counter",
-    "{preemption}",
-    "Involuntary context switches: tasks switched out while still runnable",
-)
+RUNQUEUE_LATENCY = registered(metrics.SCHED_RUNQUEUE_LATENCY, scale=1e-9)
+PREEMPTIONS = registered(metrics.SCHED_PREEMPTIONS)
 
 
 class CgroupLeaf(ctypes.Structure):

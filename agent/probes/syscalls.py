@@ -25,8 +25,9 @@ from typing import Any, ClassVar
 from vigil.agent.kernel import mounts
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
-from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
+from vigil.agent.pipeline.samples import EventMetric, MetricPoint, registered
 from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext, RecordLayout
+from vigil.api import metrics
 from vigil.api.attributes import (
     PROCESS_EXECUTABLE_NAME,
     PROCESS_PID,
@@ -74,16 +75,10 @@ COUNT_WORDS = 2
 COUNT_SIZE = 8 * COUNT_WORDS
 MAX_ERRNO = 4095  # the kernel returns -1 .. -4095 for errors
 
-CALLS = MetricSpec("vigil.syscall.calls", "counter", "{call}", "Syscalls completed")
-ERRORS = MetricSpec(
-    "vigil.syscall.errors", "counter", "{call}", "Syscalls that returned an error (-errno)"
-)
-DURATION = MetricSpec(
-    "vigil.syscall.duration", "histogram", "s", "Time from syscall entry to exit", scale=1e-9
-)
-SLOW = MetricSpec(
-    "vigil.syscall.slow", "counter", "{call}", "Syscalls slower than the configured threshold"
-)
+CALLS = registered(metrics.SYSCALL_CALLS)
+ERRORS = registered(metrics.SYSCALL_ERRORS)
+DURATION = registered(metrics.SYSCALL_DURATION, scale=1e-9)
+SLOW = registered(metrics.SYSCALL_SLOW)
 
 
 def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:

@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 
 from vigil.agent.kernel import features, mounts
 from vigil.agent.pipeline.events import Event
-from vigil.agent.pipeline.samples import EventMetric, MetricPoint, MetricSpec
+from vigil.agent.pipeline.samples import EventMetric, MetricPoint, registered
 from vigil.agent.probes.base import DecodeError, Hook, Probe, RecordLayout
+from vigil.api import metrics
 from vigil.api.attributes import (
     ERROR_TYPE,
     NETWORK_IO_DIRECTION,
@@ -83,36 +84,11 @@ RECORD = RecordLayout(
     ]
 )
 
-CONNECTIONS = MetricSpec(
-    "vigil.tcp.connections",
-    "counter",
-    "{connection}",
-    "TCP connections closed after being established",
-)
-FAILURES = MetricSpec(
-    "vigil.tcp.connection.failures",
-    "counter",
-    "{connection}",
-    "TCP connections closed before being established (refused, timed out, reset)",
-)
-BYTES = MetricSpec(
-    "vigil.tcp.bytes",
-    "counter",
-    "By",
-    "TCP payload bytes of connections, counted when they close",
-)
-DURATION = MetricSpec(
-    "vigil.tcp.connection.duration",
-    "histogram",
-    "s",
-    "TCP connection lifetime, from SYN to close",
-)
-RETRANSMITS = MetricSpec(
-    "vigil.tcp.retransmits",
-    "counter",
-    "{segment}",
-    "TCP segments retransmitted, per cgroup of the socket's owner",
-)
+CONNECTIONS = registered(metrics.TCP_CONNECTIONS)
+FAILURES = registered(metrics.TCP_CONNECTION_FAILURES)
+BYTES = registered(metrics.TCP_BYTES)
+DURATION = registered(metrics.TCP_CONNECTION_DURATION)
+RETRANSMITS = registered(metrics.TCP_RETRANSMITS)
 
 
 def _established(event: Event) -> float | None:

@@ -31,7 +31,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from vigil import __version__
 from vigil.agent.pipeline.readings import Readings
-from vigil.agent.pipeline.samples import EventMetric, MetricSpec
+from vigil.agent.pipeline.samples import EventMetric, registered
 from vigil.agent.telemetry import provider
 from vigil.agent.telemetry.event_metrics import EventHistograms, EventMetrics, EventSums
 from vigil.agent.telemetry.exporters import (
@@ -47,6 +47,7 @@ from vigil.agent.telemetry.kernel_metrics import KERNEL_SCOPE, KernelMetrics
 from vigil.agent.telemetry.logs import RuleLogs
 from vigil.agent.telemetry.readers import PeriodicReader, PrometheusReader
 from vigil.agent.telemetry.spans import ProcessSpans
+from vigil.api import metrics
 from vigil.api.attributes import VIGIL_RULE_NAME, VIGIL_RULE_POLICY, VIGIL_RULE_SEVERITY
 from vigil.api.export import Export
 
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 METER_SCOPE = InstrumentationScope("vigil.agent", __version__)
 
 RULE_MATCHES = EventMetric(
-    MetricSpec("vigil.rule.matches", "counter", "{match}", "Events a policy rule matched"),
+    registered(metrics.RULE_MATCHES),
     "rule.match",
     attributes=(VIGIL_RULE_NAME, VIGIL_RULE_SEVERITY, VIGIL_RULE_POLICY),
 )
@@ -134,7 +135,9 @@ class Telemetry:
         self.settings = export
         self.readings = readings if readings is not None else Readings()
         self.counters = ExportCounters()
-        self.resource = provider.build_resource(node_name=node_name)
+        self.resource = provider.build_resource(
+            node_name=node_name, cluster_name=export.cluster_name
+        )
         self._declared: tuple[EventMetric, ...] | None = None
         self._closed = False
         self._exporters = exporters or Exporters()
@@ -155,8 +158,15 @@ class Telemetry:
         self.kernel_metrics = KernelMetrics(
             self.readings, attribute_keys=export.metrics.attributes, start_time_ns=started
         )
-        self.event_histograms = EventHistograms(start_time_ns=started)
-        self.event_sums = EventSums(start_time_ns=started)
+        bounds = export.metrics
+        limit, stale = bounds.cardinality_limit, bounds.stale_intervals
+        interval_ns = bounds.interval_ms * 1_000_000
+        self.event_histograms = EventHistograms(
+            start_time_ns=started, limit=limit, stale_intervals=stale, interval_ns=interval_ns
+        )
+        self.event_sums = EventSums(
+            start_time_ns=started, limit=limit, stale_intervals=stale, interval_ns=interval_ns
+        )
         self.aggregates = Aggregates(self.kernel_metrics, self.event_sums, self.event_histograms)
         readers: list[MetricReader] = []
         self._metric_exporter: CountingMetricExporter | None = None
@@ -188,7 +198,13 @@ class Telemetry:
             attribute_keys=export.metrics.attributes,
             builtin=(RULE_MATCHES,),
         )
-        register_health(meter, counters=self.readings.counters, export=self.counters)
+        sums, histograms = self.event_sums, self.event_histograms
+        register_health(
+            meter,
+            counters=self.readings.counters,
+            export=self.counters,
+            series=lambda: {**sums.stats(), **histograms.stats()},
+        )
 
     def _build_spans(self) -> ProcessSpans | None:
         """Process and connection spans through a counting batch processor."""

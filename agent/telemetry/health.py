@@ -2,7 +2,8 @@
 
 Per probe: records received and what became of them, full BPF maps; per
 stage: enrichment misses, rule errors; per signal: export failures and
-drops; and the agent process's CPU time and resident memory.
+drops; per event-fed metric: live series, evictions and overflow; and the
+agent process's CPU time and resident memory.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from vigil.agent.telemetry.event_metrics import SeriesStats
 from vigil.agent.telemetry.exporters import ExportCounters
-from vigil.api.attributes import CPU_MODE, OUTCOME, REASON, SIGNAL, VIGIL_PROBE
+from vigil.api import metrics
+from vigil.api.attributes import CPU_MODE, OUTCOME, REASON, SIGNAL, VIGIL_METRIC_NAME, VIGIL_PROBE
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,14 @@ def _page_size() -> int:
 
 
 def register_health(
-    meter: Meter, *, counters: Callable[[], Mapping[str, Mapping[str, int]]], export: ExportCounters
+    meter: Meter,
+    *,
+    counters: Callable[[], Mapping[str, Mapping[str, int]]],
+    export: ExportCounters,
+    series: Callable[[], Mapping[str, SeriesStats]] = dict,
 ) -> None:
-    """Observable instruments over the agent's counters (read at each collection)."""
+    """Observable instruments over the agent's counters (read at each collection);
+    `series`: the event-fed metrics' limit and eviction figures."""
 
     def current() -> Mapping[str, Mapping[str, int]]:
         try:
@@ -88,42 +96,37 @@ def register_health(
             return
         yield Observation(resident * _page_size())
 
-    meter.create_observable_counter(
-        "vigil.agent.events",
-        [events],
-        "{event}",
-        "Kernel records per probe and what became of them",
-    )
-    meter.create_observable_counter(
-        "vigil.agent.kernel.map_full",
-        [map_full],
-        "{insert}",
-        "Inserts a full BPF map refused, per probe",
-    )
-    meter.create_observable_counter(
-        "vigil.agent.enrichment.misses",
-        [enrichment],
-        "{event}",
-        "Events sent on without their cgroup (reason=cgroup) or pod (reason=pod) metadata",
-    )
-    meter.create_observable_counter(
-        "vigil.agent.rule.errors", [rule_errors], "{error}", "Rule evaluations that failed"
-    )
-    meter.create_observable_counter(
-        "vigil.agent.export.failures",
-        [failures],
-        "{request}",
-        "Export requests that failed, per signal",
-    )
-    meter.create_observable_counter(
-        "vigil.agent.export.dropped",
-        [dropped],
-        "{item}",
-        "Spans, log records and metric points lost on the way out, per signal and reason",
-    )
-    meter.create_observable_counter(
-        "process.cpu.time", [cpu], "s", "CPU time of the agent process, per mode"
-    )
-    meter.create_observable_up_down_counter(
-        "process.memory.usage", [memory], "By", "Resident memory of the agent process"
-    )
+    def overflowed(_options: CallbackOptions) -> Iterable[Observation]:
+        for name, stats in sorted(series().items()):
+            yield Observation(stats.overflowed, {VIGIL_METRIC_NAME: name})
+
+    def live(_options: CallbackOptions) -> Iterable[Observation]:
+        for name, stats in sorted(series().items()):
+            yield Observation(stats.live, {VIGIL_METRIC_NAME: name})
+
+    def evicted(_options: CallbackOptions) -> Iterable[Observation]:
+        for name, stats in sorted(series().items()):
+            yield Observation(stats.evicted, {VIGIL_METRIC_NAME: name})
+
+    # Name, unit and description from the metric registry (vigil.api.metrics).
+    observers = {
+        metrics.AGENT_EVENTS: events,
+        metrics.AGENT_KERNEL_MAP_FULL: map_full,
+        metrics.AGENT_ENRICHMENT_MISSES: enrichment,
+        metrics.AGENT_RULE_ERRORS: rule_errors,
+        metrics.AGENT_EXPORT_FAILURES: failures,
+        metrics.AGENT_EXPORT_DROPPED: dropped,
+        metrics.AGENT_METRICS_OVERFLOW: overflowed,
+        metrics.AGENT_METRICS_SERIES: live,
+        metrics.AGENT_METRICS_EVICTED: evicted,
+        metrics.PROCESS_CPU_TIME: cpu,
+        metrics.PROCESS_MEMORY_USAGE: memory,
+    }
+    create = {
+        "counter": meter.create_observable_counter,
+        "updown_counter": meter.create_observable_up_down_counter,
+        "gauge": meter.create_observable_gauge,
+    }
+    for name, callback in observers.items():
+        entry = metrics.get(name)
+        create[entry.instrument](name, [callback], entry.unit, entry.description)

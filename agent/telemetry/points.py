@@ -101,17 +101,21 @@ def number_metric(
     *,
     start_ns: int,
     time_ns: int,
+    starts: Sequence[int] | None = None,
 ) -> Metric:
-    """A cumulative sum (counter, up-down counter) or a gauge, one point per attribute set."""
+    """A cumulative sum (counter, up-down counter) or a gauge, one point per attribute set;
+    `starts`: each point's own start (a series that began after `start_ns`)."""
     gauge = spec.kind == "gauge"
+    values = list(values)
+    point_starts = [start_ns] * len(values) if starts is None else starts
     points = [
         NumberDataPoint(
             attributes=dict(attributes),
-            start_time_unix_nano=0 if gauge else start_ns,
+            start_time_unix_nano=0 if gauge else start,
             time_unix_nano=time_ns,
             value=value,
         )
-        for attributes, value in values
+        for (attributes, value), start in zip(values, point_starts, strict=True)
     ]
     if gauge:
         return _metric(spec, Gauge(data_points=points))

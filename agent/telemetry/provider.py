@@ -20,7 +20,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from vigil import __version__
-from vigil.api.attributes import HOST_NAME, K8S_NODE_NAME, SERVICE_NAME, SERVICE_VERSION
+from vigil.api.attributes import (
+    HOST_NAME,
+    K8S_CLUSTER_NAME,
+    K8S_NODE_NAME,
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_VERSION,
+)
 from vigil.api.export import Otlp, check_endpoint
 
 Signal = Literal["traces", "metrics", "logs"]
@@ -33,18 +40,33 @@ class TelemetryError(ValueError):
     """Export settings that cannot work; the message names the field or variable."""
 
 
-def build_resource(*, node_name: str | None, version: str = __version__) -> Resource:
-    """service.name=vigil-agent, service.version, host.name and k8s.node.name when known.
+CLUSTER_NAME_VARIABLE = "K8S_CLUSTER_NAME"
 
+
+def build_resource(
+    *, node_name: str | None, cluster_name: str | None = None, version: str = __version__
+) -> Resource:
+    """service.name=vigil-agent, service.version, host.name, service.instance.id, and
+    k8s.node.name and k8s.cluster.name when known.
+
+    service.instance.id is the node's name (else the host's): stable across
+    restarts, so Prometheus' `instance` and `target_info` continue the same
+    series instead of starting new ones per run (one agent per node, so it is
+    unique). k8s.cluster.name: `cluster_name`, else $K8S_CLUSTER_NAME.
     OTEL_RESOURCE_ATTRIBUTES adds to it (the SDK's detector); ours win on conflicts.
     """
+    host = socket.gethostname()
     attributes: dict[str, str] = {
         SERVICE_NAME: SERVICE,
         SERVICE_VERSION: version,
-        HOST_NAME: socket.gethostname(),
+        HOST_NAME: host,
+        SERVICE_INSTANCE_ID: node_name or host,
     }
     if node_name:
         attributes[K8S_NODE_NAME] = node_name
+    cluster = cluster_name or os.environ.get(CLUSTER_NAME_VARIABLE, "").strip()
+    if cluster:
+        attributes[K8S_CLUSTER_NAME] = cluster
     return Resource.create(attributes)
 
 

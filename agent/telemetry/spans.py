@@ -16,6 +16,16 @@ process.creation.time and process.exit.time: the span's own start and end. Sampl
 ParentBased(TraceIdRatioBased): a root's trace id decides, children follow
 their parent, so whole process trees are kept or dropped.
 
+A long-lived process must not orphan its children in a trace UI: a span is
+only complete at exit, but its children's spans are exported as they end.
+So when a child's span is handed over while its parent process still runs,
+the parent's span is exported at once, marked `vigil.process.running=true`,
+from its start to that moment (and so on up the tree). When the parent
+exits later, the rest of its life is exported as a continuation: a child of
+that span, same name, from the early end to the exit, with the exit's
+attributes and status and `vigil.process.continuation=true`. Tempo and
+Jaeger then show every child under its parent while the parent runs.
+
 Bounded: at most `max_open` open spans (the oldest ends early, marked
 `vigil.process.running=true`), `max_events` events per span; contexts of
 recently ended spans are kept a while so that a late TCP close or a late
@@ -51,6 +61,7 @@ from vigil.api.attributes import (
     PROCESS_EXIT_TIME,
     PROCESS_PARENT_PID,
     PROCESS_PID,
+    VIGIL_PROCESS_CONTINUATION,
     VIGIL_PROCESS_EXIT_SIGNAL,
     VIGIL_PROCESS_RUNNING,
     VIGIL_RULE_NAME,
@@ -87,8 +98,10 @@ class _Open:
     name: str
     start_ns: int
     attributes: Mapping[str, AttributeValue]  # the event's own dict: never mutated here
+    parent_pid: object  # the process whose span is the parent (None: a root)
     events: BoundedList[SpanEvent] | None = None
     oom_killed: bool = False
+    published_end_ns: int = 0  # exported early as running (0: not yet), up to this time
 
 
 def exit_status(attributes: Mapping[str, AttributeValue], *, oom_killed: bool) -> Status:
@@ -196,24 +209,28 @@ class ProcessSpans:
 
     def _new_state(
         self,
-        parent: Ids | None,
+        parent_pid: object,
         name: str,
         start_ns: int,
         attributes: Mapping[str, AttributeValue],
     ) -> _Open:
+        parent = self.ids_of(parent_pid)
         if parent is not None:
             trace_id, parent_span_id, sampled = parent
         else:
             trace_id, parent_span_id = self._ids.generate_trace_id(), 0
             sampled = trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._sample_below
+            parent_pid = None
         span_id = self._ids.generate_span_id()
-        return _Open(trace_id, span_id, parent_span_id, sampled, name, start_ns, attributes)
+        return _Open(
+            trace_id, span_id, parent_span_id, sampled, name, start_ns, attributes, parent_pid
+        )
 
     def _state(self, event: Event, start_ns: int) -> _Open:
         attributes = event.attributes
         name = attributes.get(PROCESS_EXECUTABLE_NAME)
         return self._new_state(
-            self.ids_of(attributes.get(PROCESS_PARENT_PID)),
+            attributes.get(PROCESS_PARENT_PID),
             name if type(name) is str and name else "process",
             start_ns,
             attributes,
@@ -251,13 +268,18 @@ class ProcessSpans:
     ) -> None:
         if not state.sampled:
             return
-        start = state.start_ns
+        start, span_id, parent_span_id = state.start_ns, state.span_id, state.parent_span_id
+        if state.published_end_ns:
+            # Exported early as running: the rest of its life, under that span.
+            start, parent_span_id = state.published_end_ns, span_id
+            span_id = self._ids.generate_span_id()
+            attributes = {**attributes, VIGIL_PROCESS_CONTINUATION: True}
         self._finished.append(
             IdSpan(
                 state.name,
                 trace_id=state.trace_id,
-                span_id=state.span_id,
-                parent_span_id=state.parent_span_id,
+                span_id=span_id,
+                parent_span_id=parent_span_id,
                 sampled=True,
                 resource=self._resource,
                 scope=SCOPE,
@@ -269,6 +291,24 @@ class ProcessSpans:
                 end_time=end_ns if end_ns > start else start,
             )
         )
+        if state.parent_span_id:
+            self._publish_parent(state, end_ns)
+
+    def _publish_parent(self, child: _Open, now_ns: int) -> None:
+        """Export the parent's span now, as running, if the parent still runs and was not
+        exported yet (then its own parent, and so on up the tree)."""
+        parent_pid = child.parent_pid
+        parent = self._open.get(parent_pid) if type(parent_pid) is int else None
+        if parent is None or parent.span_id != child.parent_span_id or parent.published_end_ns:
+            return  # ended (exported) already, or the pid now belongs to another process
+        end = max(now_ns, parent.start_ns + 1)
+        attributes = dict(parent.attributes)
+        for key in _SPAN_TIMES:
+            attributes.pop(key, None)
+        attributes[VIGIL_PROCESS_RUNNING] = True
+        self._emit(parent, end, attributes, _UNSET, SpanKind.INTERNAL)
+        parent.published_end_ns = end
+        parent.events = None  # they went with the running span
 
     def _end_running(self, state: _Open, end_ns: int) -> None:
         attributes = dict(state.attributes)
@@ -349,7 +389,6 @@ class ProcessSpans:
         attrs = event.attributes
         duration = attrs.get(VIGIL_TCP_DURATION_NS)
         start = event.time_ns - duration if isinstance(duration, int) else event.time_ns
-        parent = self.ids_of(attrs.get(PROCESS_PID))
         name = "tcp.connection"
         direction = attrs.get(VIGIL_TCP_DIRECTION)
         kind = (
@@ -357,7 +396,7 @@ class ProcessSpans:
             if isinstance(direction, str)
             else (SpanKind.INTERNAL)
         )
-        state = self._new_state(parent, name, start, attrs)
+        state = self._new_state(attrs.get(PROCESS_PID), name, start, attrs)
         self._emit(state, event.time_ns, attrs, _UNSET, kind)
 
     def _on_syscall_slow(self, event: Event) -> None:

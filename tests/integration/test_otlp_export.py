@@ -32,8 +32,9 @@ from vigil.agent.pipeline.readings import Readings
 from vigil.agent.runtime import Agent
 from vigil.agent.sinks.otlp import OtlpSink
 from vigil.agent.telemetry.export import Telemetry
+from vigil.api.attributes import PROCESS_EXECUTABLE_NAME
 from vigil.api.config import AgentConfig
-from vigil.api.export import Export, Metrics, Otlp, Spans
+from vigil.api.export import DEFAULT_METRIC_ATTRIBUTES, Export, Metrics, Otlp, Spans
 
 pytestmark = [pytest.mark.bpf, pytest.mark.telemetry]
 
@@ -69,8 +70,11 @@ def start_agent(export: Export) -> Running:
 def quick_export(endpoint: str, **otlp: object) -> Export:
     return Export(
         otlp=Otlp(endpoint=endpoint, timeout_ms=500, shutdown_timeout_ms=2000, **otlp),  # type: ignore[arg-type]
-        metrics=Metrics(interval_ms=300),
-        spans=Spans(batch_delay_ms=100),
+        # Executable names opted in: these tests count a uniquely named copy's execs.
+        metrics=Metrics(
+            interval_ms=300, attributes=(*DEFAULT_METRIC_ATTRIBUTES, PROCESS_EXECUTABLE_NAME)
+        ),
+        spans=Spans(batch_delay_ms=100, sampling_ratio=1.0),
     )
 
 
@@ -174,15 +178,23 @@ def test_a_shell_scripts_children_share_its_trace(
     running.telemetry.force_flush()
 
     children = spans_of(receiver, exe.name, 2)
-    [parent] = [s for s in receiver.spans() if s.attributes.get("process.pid") == shell.pid]
+    # The shell ran on when its first child ended: its span went out then, as running,
+    # and its exit came later as a continuation under it.
+    [parent, rest] = sorted(
+        (s for s in receiver.spans() if s.attributes.get("process.pid") == shell.pid),
+        key=lambda s: bool(s.attributes.get("vigil.process.continuation")),
+    )
     assert parent.attributes["process.command_args"] == ["/bin/sh", str(script)]
+    assert parent.attributes["vigil.process.running"] is True
+    assert rest.parent_span_id == parent.span_id
+    assert rest.span.end_time_unix_nano >= parent.span.end_time_unix_nano
     assert len(children) == 2
     for child in children:
         assert child.parent_span_id == parent.span_id
         assert child.trace_id == parent.trace_id
         assert child.attributes["process.parent_pid"] == shell.pid
         assert parent.span.start_time_unix_nano <= child.span.start_time_unix_nano
-        assert child.span.end_time_unix_nano <= parent.span.end_time_unix_nano
+        assert child.span.end_time_unix_nano <= rest.span.end_time_unix_nano
 
 
 def test_a_non_zero_exit_is_an_error(exported: tuple[Running, OtlpReceiver]) -> None:

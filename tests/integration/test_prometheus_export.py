@@ -17,12 +17,15 @@ from tests.integration.test_otlp_export import run_times, unique_copy, wait_for_
 from tests.support.agent import CollectingSink
 from tests.support.bpf import require_bpf
 from tests.support.otlp_receiver import free_port
+from tests.unit.test_metrics import assert_exposition_registered
 from vigil.agent.pipeline.readings import Readings
 from vigil.agent.runtime import Agent
 from vigil.agent.sinks.otlp import OtlpSink
 from vigil.agent.telemetry.export import Telemetry
+from vigil.api.attributes import PROCESS_EXECUTABLE_NAME
 from vigil.api.config import AgentConfig
-from vigil.api.export import Export, Prometheus
+from vigil.api.export import DEFAULT_METRIC_ATTRIBUTES, Export, Metrics, Prometheus
+from vigil.api.metrics import METRICS
 
 pytestmark = [pytest.mark.bpf, pytest.mark.telemetry]
 
@@ -87,7 +90,10 @@ def test_prometheus_scrapes_the_agents_metrics(
 ) -> None:
     require_bpf()
     base, directory = prometheus_server
-    config = AgentConfig(export=Export(prometheus=Prometheus(enabled=True, port=0)))
+    metrics = Metrics(attributes=(*DEFAULT_METRIC_ATTRIBUTES, PROCESS_EXECUTABLE_NAME))
+    config = AgentConfig(
+        export=Export(metrics=metrics, prometheus=Prometheus(enabled=True, port=0))
+    )
     readings = Readings()
     telemetry = Telemetry(config.export, readings=readings, otlp=False)
     sink = CollectingSink()
@@ -106,6 +112,13 @@ def test_prometheus_scrapes_the_agents_metrics(
             and f'process_executable_name="{exe.name}"' in line
         ]
         assert line.endswith(" 3.0")
+        # Both ways: every family is registered with its registered labels, and what the
+        # process probe and the agent's health always emit is there.
+        seen = assert_exposition_registered(exposition, configured=metrics.attributes)
+        always = {m.name for m in METRICS if m.source in ("process", "agent")}
+        sometimes = {"vigil.process.zombies", "vigil.process.state", "vigil.agent.rule.errors"}
+        sometimes |= {"vigil.agent.export.dropped", "vigil.agent.kernel.map_full"}
+        assert always - sometimes <= seen, always - sometimes - seen
 
         server = start_prometheus(base, directory, target)
         promql = f'vigil_process_execs_total{{process_executable_name="{exe.name}"}}'
@@ -129,3 +142,42 @@ def test_prometheus_scrapes_the_agents_metrics(
             server.terminate()
             server.wait(10)
         agent.stop()
+
+
+def target_info(base: str, since_s: int) -> list[dict[str, object]]:
+    return query(base, f"last_over_time(target_info[{since_s}s])")
+
+
+def test_a_restarted_agent_continues_the_same_target_info_series(
+    prometheus_server: tuple[str, Path],
+) -> None:
+    """service.instance.id is the node's name, so target_info (and every series keyed by
+    the target) is one series across restarts, not one per run."""
+    base, directory = prometheus_server
+    port = free_port()
+    export = Export(prometheus=Prometheus(enabled=True, port=port), cluster_name="lab")
+    server = None
+    telemetry = Telemetry(export, otlp=False, node_name="node-r")
+    try:
+        server = start_prometheus(base, directory, f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 30
+        while not target_info(base, 60) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        [before] = target_info(base, 60)
+        telemetry.shutdown()
+        telemetry = Telemetry(export, otlp=False, node_name="node-r")  # the restart
+        time.sleep(3)  # a few scrapes (1 s apart) of the restarted agent
+        up = query(base, 'up{job="vigil"}')
+        assert [sample["value"][1] for sample in up] == ["1"]  # type: ignore[index]
+        after = target_info(base, 60)
+        assert len(after) == 1, after  # one series over both runs
+        labels = after[0]["metric"]
+        assert labels == before["metric"]
+        assert labels["service_instance_id"] == "node-r"  # type: ignore[index]
+        assert labels["k8s_cluster_name"] == "lab"  # type: ignore[index]
+        assert labels["k8s_node_name"] == "node-r"  # type: ignore[index]
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        telemetry.shutdown()

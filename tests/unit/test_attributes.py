@@ -39,6 +39,7 @@ from vigil.agent.probes import (
 from vigil.agent.probes.base import ProbeContext, RecordLayout
 from vigil.agent.rules.engine import compile_rule, match_event
 from vigil.agent.telemetry import event_metrics as event_metrics_module
+from vigil.agent.telemetry.event_metrics import SeriesStats
 from vigil.agent.telemetry.export import RULE_MATCHES
 from vigil.agent.telemetry.exporters import ExportCounters
 from vigil.agent.telemetry.health import register_health
@@ -379,6 +380,7 @@ class _Meter:
         self.callbacks += callbacks
 
     create_observable_up_down_counter = create_observable_counter
+    create_observable_gauge = create_observable_counter
 
 
 def test_health_metric_labels_are_registered() -> None:
@@ -391,22 +393,26 @@ def test_health_metric_labels_are_registered() -> None:
         "rules": {"errors": 1},
     }
     meter = _Meter()
-    register_health(meter, counters=lambda: counters, export=export)  # type: ignore[arg-type]
+    series = {"vigil.process.execs": SeriesStats(live=2, overflowed=1, evicted=3)}
+    register_health(meter, counters=lambda: counters, export=export, series=lambda: series)  # type: ignore[arg-type]
     labels: set[str] = set()
     for callback in meter.callbacks:
         for observation in callback(None):
             assert_registered(observation.attributes or {}, on="metric")
             labels |= set(observation.attributes or {})
-    assert labels == {"vigil.probe", "outcome", "reason", "signal", "cpu.mode"}
+    assert labels == {"vigil.probe", "outcome", "reason", "signal", "cpu.mode", "vigil.metric.name"}
 
 
 def test_resource_keys_are_registered_as_resource_keys() -> None:
-    resource = build_resource(node_name="n1").attributes
-    # The SDK's own: telemetry.sdk.* and a random service.instance.id.
-    ours = {
-        k: v
-        for k, v in resource.items()
-        if not k.startswith("telemetry.sdk.") and k != "service.instance.id"
+    resource = build_resource(node_name="n1", cluster_name="c1").attributes
+    # The SDK's own: telemetry.sdk.*.
+    ours = {k: v for k, v in resource.items() if not k.startswith("telemetry.sdk.")}
+    assert set(ours) == {
+        "service.name",
+        "service.version",
+        "host.name",
+        "k8s.node.name",
+        "k8s.cluster.name",
+        "service.instance.id",
     }
-    assert set(ours) == {"service.name", "service.version", "host.name", "k8s.node.name"}
     assert_registered(ours, on="resource")

@@ -76,6 +76,8 @@ def test_known_pod_is_attributed_at_once() -> None:
         "k8s.pod.name": "web-0",
         "k8s.namespace.name": "prod",
         "k8s.container.name": "nginx",
+        "vigil.k8s.workload.kind": "Pod",  # no ownerReferences: a bare pod
+        "vigil.k8s.workload.name": "web-0",
         "container.image.name": "nginx",
         "container.image.tags": ["1.27"],
     }

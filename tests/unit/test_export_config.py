@@ -152,3 +152,48 @@ def test_the_resource_names_the_agent_and_node() -> None:
     assert resource.attributes["service.version"]
     assert resource.attributes["host.name"]
     assert "k8s.node.name" not in provider.build_resource(node_name=None).attributes
+
+
+def test_the_resource_identity_is_stable_and_names_the_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = provider.build_resource(node_name="node-7").attributes
+    again = provider.build_resource(node_name="node-7").attributes
+    assert first["service.instance.id"] == again["service.instance.id"] == "node-7"
+    standalone = provider.build_resource(node_name=None).attributes
+    assert standalone["service.instance.id"] == standalone["host.name"]
+    assert "k8s.cluster.name" not in first
+    monkeypatch.setenv("K8S_CLUSTER_NAME", "from-env")
+    assert provider.build_resource(node_name=None).attributes["k8s.cluster.name"] == "from-env"
+    named = provider.build_resource(node_name=None, cluster_name="prod")
+    assert named.attributes["k8s.cluster.name"] == "prod"
+
+
+@pytest.mark.parametrize(
+    ("keys", "reason"),
+    [
+        (["process.pid"], "'process.pid' has unbounded values"),
+        (
+            ["k8s.pod.nmae"],
+            "'k8s.pod.nmae' is not a registered attribute key (did you mean 'k8s.pod.name'?)",
+        ),
+        (["k8s.pod.uid"], "'k8s.pod.uid' has unbounded values"),
+        (["network.peer.address"], "unbounded"),
+        (["vigil.nothing"], "'vigil.nothing' is not a registered attribute key"),
+        (["host.name"], "'host.name' is on resource only"),
+        (["k8s.pod.name", "k8s.pod.name"], "a key is listed twice"),
+    ],
+)
+def test_metric_attributes_are_registered_bounded_keys(keys: list[str], reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"export": {"metrics": {"attributes": keys}}})
+    assert "export.metrics.attributes" in str(caught.value)
+    assert reason in str(caught.value)
+
+
+def test_pod_and_executable_names_are_opt_ins() -> None:
+    config = parse_config(
+        {"export": {"metrics": {"attributes": ["k8s.pod.name", "process.executable.name"]}}}
+    )
+    assert config.export.metrics.attributes == ("k8s.pod.name", "process.executable.name")
+    assert "k8s.pod.name" not in Export().metrics.attributes

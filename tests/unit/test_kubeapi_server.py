@@ -157,7 +157,7 @@ def test_discovery_lists_resources_and_status_subresources(
     assert names["pods/status"]["verbs"] == ["get", "patch", "update"]
 
     _, groups = http(api, "GET", "/apis")
-    assert {g["name"] for g in groups["groups"]} == {"events.k8s.io", GROUP}
+    assert {g["name"] for g in groups["groups"]} == {"apps", "batch", "events.k8s.io", GROUP}
     _, crs = http(api, "GET", f"/apis/{GROUP}/{VERSION}")
     assert [r["name"] for r in crs["resources"]] == [PLURAL, f"{PLURAL}/status"]
     assert crs["resources"][0]["kind"] == "ProbePolicy"

@@ -32,7 +32,7 @@ class Harness:
         self.spans = ProcessSpans(
             SimpleSpanProcessor(self.exporter),
             resource=RESOURCE,
-            settings=Spans(**settings),
+            settings=Spans(**{"sampling_ratio": 1.0, **settings}),
             counters=self.counters,
             clock=lambda: NOW,
         )
@@ -43,10 +43,27 @@ class Harness:
     def finished(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
 
+    def primary(self) -> list[ReadableSpan]:
+        return [s for s in self.finished() if not (s.attributes or {}).get(CONTINUATION)]
+
+    def continuation_of(self, span: ReadableSpan) -> ReadableSpan:
+        [found] = [
+            s
+            for s in self.finished()
+            if (s.attributes or {}).get(CONTINUATION)
+            and s.parent is not None
+            and s.parent.span_id == span.context.span_id
+        ]
+        return found
+
     def one(self, name: str) -> ReadableSpan:
-        found = [span for span in self.finished() if span.name == name]
+        """The span of process `name` (not the continuation of one exported early)."""
+        found = [span for span in self.primary() if span.name == name]
         assert len(found) == 1, [span.name for span in self.finished()]
         return found[0]
+
+
+CONTINUATION = "vigil.process.continuation"
 
 
 def fork(t: int, pid: int, ppid: int, name: str = "sh") -> Event:
@@ -119,9 +136,17 @@ def test_children_hang_under_their_parent_in_one_trace() -> None:
         exit_(12, 12, 10, "cat"),
         exit_(20, 10, 1, "sh"),
     )
-    spans = h.finished()
+    spans = h.primary()
     assert len(spans) == 4
     shell = h.one("sh")
+    # ls ended while sh ran, the grandchild while cat ran: both parents were exported
+    # then, marked running, and their exits came as continuations under them.
+    assert (shell.attributes or {}).get("vigil.process.running") is True
+    assert (shell.start_time, shell.end_time) == (T0, T0 + 9)
+    rest = h.continuation_of(shell)
+    assert (rest.name, rest.start_time, rest.end_time) == ("sh", T0 + 9, T0 + 20)
+    assert "vigil.process.running" not in (rest.attributes or {})
+    assert len(h.finished()) == 6
     ls = h.one("ls")
     cats = [span for span in spans if span.name == "cat"]
     assert shell.parent is None
@@ -194,7 +219,8 @@ def test_tcp_connections_are_client_or_server_spans_under_their_owner() -> None:
     )
     h.feed(fork(0, 80, 1), execve(1, 80, 1, "/bin/curl"), close, exit_(1000, 80, 1, "curl"))
     h.feed(accepted)
-    owner = h.one("curl")
+    owner = h.one("curl")  # exported at the client span's end, running; its exit follows
+    assert h.continuation_of(owner).end_time == T0 + 1000
     client, server = sorted(
         (s for s in h.finished() if s.name == "tcp.connection"), key=lambda s: s.start_time or 0
     )
@@ -314,4 +340,31 @@ def test_sampling_keeps_or_drops_whole_trees_by_the_sdk_ratio_sampler() -> None:
 def test_ratio_zero_exports_nothing_but_still_tracks() -> None:
     h = Harness(sampling_ratio=0.0)
     h.feed(fork(0, 5, 1), fork(1, 6, 5), exit_(2, 6, 5, "sh"), exit_(3, 5, 1, "sh"))
+    assert h.finished() == []
+
+
+def test_a_long_lived_parent_is_exported_with_its_first_child_so_none_is_orphaned() -> None:
+    h = Harness()
+    h.feed(execve(0, 50, 1, "/usr/sbin/daemon"), fork(1, 60, 50, "daemon"))
+    h.feed(exit_(2, 60, 50, "daemon"))  # the first child ends: the daemon runs on
+    ids = {span.context.span_id for span in h.finished()}
+    children = [span for span in h.finished() if span.parent is not None]
+    assert children
+    assert all(span.parent.span_id in ids for span in children)
+    for t, pid in ((3, 61), (5, 62)):  # later children find the parent exported already
+        h.feed(fork(t, pid, 50, "daemon"), exit_(t + 1, pid, 50, "daemon"))
+    spans = h.finished()
+    ids = {span.context.span_id for span in spans}
+    assert len(spans) == 4  # the running parent once, three children
+    assert all(s.parent.span_id in ids for s in spans if s.parent is not None)
+    [parent] = [s for s in spans if s.parent is None]
+    assert (parent.attributes or {}).get("vigil.process.running") is True
+    h.feed(exit_(9, 50, 1, "daemon"))
+    assert h.continuation_of(parent).end_time == T0 + 9
+
+
+def test_unsampled_trees_export_neither_children_nor_running_parents() -> None:
+    h = Harness(sampling_ratio=0.0)
+    h.feed(execve(0, 50, 1, "/usr/sbin/daemon"), fork(1, 60, 50), exit_(2, 60, 50, "sh"))
+    h.feed(exit_(3, 50, 1, "daemon"))
     assert h.finished() == []

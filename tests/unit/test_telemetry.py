@@ -68,13 +68,24 @@ def receiver() -> Iterator[OtlpReceiver]:
         yield running
 
 
+OPTED_IN = (
+    "k8s.namespace.name",
+    "k8s.pod.name",
+    "k8s.container.name",
+    "k8s.node.name",
+    "process.executable.name",
+)
+
+
 def telemetry_for(
     receiver: OtlpReceiver, readings: Readings | None = None, **export: Any
 ) -> Telemetry:
     settings = Export(
         otlp=Otlp(endpoint=receiver.endpoint, timeout_ms=2000),
-        metrics=Metrics(interval_ms=3_600_000),  # exported on force_flush only
-        spans=Spans(batch_delay_ms=60_000),
+        # exported on force_flush only; pod and executable names opted in (the
+        # attribute mechanics under test, not the default set)
+        metrics=Metrics(interval_ms=3_600_000, attributes=OPTED_IN),
+        spans=Spans(batch_delay_ms=60_000, sampling_ratio=1.0),
         **export,
     )
     return Telemetry(settings, readings=readings, node_name="node-a")
@@ -314,12 +325,13 @@ def test_event_counters_stay_cumulative_across_exports(receiver: OtlpReceiver) -
 def test_event_sums_keep_kind_and_int_totals_and_bound_their_attribute_sets() -> None:
     sums = EventSums(start_time_ns=5)
     up_down = sums.series(MetricSpec("vigil.test.open", "updown_counter", "{x}", "test"))
-    counter = sums.series(CALLS)
+    counter, stats = sums.series(CALLS)
     with sums.lock:
-        EventSums.add(up_down, (("a", 1),), {"a": 1}, 3)
-        EventSums.add(up_down, (("a", 1),), {"a": 1}, -1)
+        sums.add(*up_down, (("a", 1),), {"a": 1}, 3)
+        sums.add(*up_down, (("a", 1),), {"a": 1}, -1)
         for i in range(CARDINALITY + 5):
-            EventSums.add(counter, (("i", i),), {"i": i}, 1)
+            sums.add(counter, stats, (("i", i),), {"i": i}, 1)
+    assert (stats.overflowed, stats.in_episode) == (5, True)
     by_name = {metric.name: metric for metric in sums.metrics(9)}
     opened = by_name["vigil.test.open"].data
     assert isinstance(opened, Sum)
@@ -338,11 +350,12 @@ def test_event_sums_keep_kind_and_int_totals_and_bound_their_attribute_sets() ->
 def test_event_histograms_bound_their_attribute_sets() -> None:
     histograms = EventHistograms(start_time_ns=5)
     spec = MetricSpec("vigil.test.wait", "histogram", "s", "test", buckets=(1.0, 10.0))
-    bounds, series = histograms.series(spec)
+    bounds, series, stats = histograms.series(spec)
     with histograms.lock:
         for i in range(CARDINALITY + 3):
-            EventHistograms.add(bounds, series, (("i", i),), 5.0)
-        EventHistograms.add(bounds, series, (("i", CARDINALITY + 9),), 20.0)
+            histograms.add(bounds, series, stats, (("i", i),), 5.0)
+        histograms.add(bounds, series, stats, (("i", CARDINALITY + 9),), 20.0)
+    assert stats.overflowed == 4
     [metric] = histograms.metrics(9)
     assert isinstance(metric.data, Histogram)
     points = metric.data.data_points
@@ -379,3 +392,61 @@ def test_an_agent_and_its_telemetry_are_freed_without_the_cycle_collector(
         assert telemetry() is None
     finally:
         gc.enable()
+
+
+def test_idle_series_are_evicted_so_new_ones_never_overflow_because_of_history(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0]
+    sums = EventSums(
+        start_time_ns=5, limit=3, stale_intervals=2, interval_ns=10, clock=lambda: now[0]
+    )
+    series, stats = sums.series(CALLS)
+
+    def add(pod: str) -> None:
+        with sums.lock:
+            sums.add(series, stats, (("k8s.pod.name", pod),), {"k8s.pod.name": pod}, 1)
+
+    def pods() -> list[object]:
+        [metric] = sums.metrics(9)
+        assert isinstance(metric.data, Sum)
+        return sorted(str(p.attributes) for p in metric.data.data_points)
+
+    for pod in ("a", "b", "c"):
+        add(pod)
+    add("d")  # the limit is live series: d overflows, counted, logged once
+    add("e")
+    assert (stats.overflowed, stats.in_episode) == (2, True)
+    assert len([r for r in caplog.records if "reached its limit" in r.message]) == 1
+    now[0] = 15  # one interval (epochs advance at collection): nothing is stale yet
+    assert len(pods()) == 4
+    add("a")  # updated in epoch 1
+    now[0] = 35  # epoch 3: b, c and the overflow series idle since epoch 0
+    assert pods() == ["{'k8s.pod.name': 'a'}"]
+    assert (stats.evicted, stats.in_episode) == (3, False)
+    add("d")
+    add("b")  # an evicted series comes back: from zero, with its own start time
+    [metric] = sums.metrics(9)
+    assert isinstance(metric.data, Sum)
+    points = {p.attributes["k8s.pod.name"]: p for p in metric.data.data_points}
+    assert set(points) == {"a", "b", "d"}
+    assert points["b"].value == 1
+    assert points["a"].start_time_unix_nano == 5
+    assert points["b"].start_time_unix_nano > 5
+    assert stats.overflowed == 2  # nothing new was lost
+    assert sums.stats()["vigil.test.calls"].live == 3
+
+
+def test_idle_histogram_series_are_evicted() -> None:
+    now = [0]
+    histograms = EventHistograms(
+        start_time_ns=5, limit=10, stale_intervals=1, interval_ns=10, clock=lambda: now[0]
+    )
+    spec = MetricSpec("vigil.test.wait", "histogram", "s", "test", buckets=(1.0,))
+    bounds, series, stats = histograms.series(spec)
+    with histograms.lock:
+        histograms.add(bounds, series, stats, (("i", 1),), 0.5)
+    assert len(histograms.metrics(9)) == 1
+    now[0] = 25
+    assert histograms.metrics(9) == []
+    assert stats.evicted == 1

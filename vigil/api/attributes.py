@@ -55,9 +55,46 @@ class Attribute:
     deprecated_by: str | None = None
     # The key is a prefix: the emitted keys are `<name>.<suffix>` (k8s.pod.label.<key>).
     template: bool = False
+    # Values without a useful bound (ids, addresses, times, sizes): never a metric
+    # attribute (export.metrics.attributes refuses them).
+    unbounded: bool = False
 
 
 _REGISTERED: list[Attribute] = []
+
+# Keys whose values grow without bound on a busy node (a new value per process,
+# connection, container or call): a metric keyed by one makes a series per value.
+UNBOUNDED: Final[frozenset[str]] = frozenset(
+    {
+        "process.pid",
+        "process.parent_pid",
+        "vigil.cgroup.id",
+        "process.creation.time",
+        "process.exit.time",
+        "process.command_args",
+        "thread.id",
+        "container.id",
+        "k8s.pod.uid",
+        "network.local.address",
+        "network.local.port",
+        "network.peer.address",
+        "network.peer.port",
+        "vigil.cgroup.path",
+        "vigil.tcp.bytes_sent",
+        "vigil.tcp.bytes_received",
+        "vigil.tcp.retransmits",
+        "vigil.tcp.duration_ns",
+        "vigil.syscall.duration_ns",
+        "vigil.oom.total_vm",
+        "vigil.oom.anon_rss",
+        "vigil.oom.file_rss",
+        "vigil.oom.shmem_rss",
+        "vigil.oom.pgtables",
+        "vigil.oom.trigger.pid",
+        "vigil.oom.trigger.cgroup.id",
+        "service.instance.id",
+    }
+)
 
 
 def _key(
@@ -72,7 +109,16 @@ def _key(
 ) -> str:
     """Register a key and return it, so its constant is a plain str (fast dict keys)."""
     _REGISTERED.append(
-        Attribute(name, value_type, status, on, description, deprecated_by, template)
+        Attribute(
+            name,
+            value_type,
+            status,
+            on,
+            description,
+            deprecated_by,
+            template,
+            unbounded=name in UNBOUNDED,
+        )
     )
     return name
 
@@ -141,9 +187,10 @@ PROCESS_EXECUTABLE_NAME: Final = _key(
     "process.executable.name",
     "str",
     "development",
-    _EM,
+    _E,
     "Executable's base name; the task's comm (15 characters at most) when the path is "
-    "not known. Names process spans",
+    "not known. Names process spans. A metric attribute only when export.metrics.attributes "
+    "names it",
 )
 PROCESS_COMMAND_ARGS: Final = _key(
     "process.command_args",
@@ -194,7 +241,14 @@ CONTAINER_IMAGE_TAGS: Final = _key(
     "container.image.tags", "list[str]", "stable", _E, "The image's tag, as a one-item list"
 )
 K8S_POD_UID: Final = _key("k8s.pod.uid", "str", "stable", _E, "Pod uid, from the cgroup path")
-K8S_POD_NAME: Final = _key("k8s.pod.name", "str", "stable", _EM, "Pod name (pod watch)")
+K8S_POD_NAME: Final = _key(
+    "k8s.pod.name",
+    "str",
+    "stable",
+    _E,
+    "Pod name (pod watch). Not a default metric attribute (pods churn: opt in through "
+    "export.metrics.attributes)",
+)
 K8S_NAMESPACE_NAME: Final = _key(
     "k8s.namespace.name", "str", "stable", _EM, "Pod's namespace (pod watch)"
 )
@@ -205,8 +259,60 @@ K8S_NODE_NAME: Final = _key(
     "k8s.node.name",
     "str",
     "stable",
-    ("event", "metric", "resource"),
+    ("event", "resource"),
     "This node (enrichment.kubernetes.nodeName, else $NODE_NAME), when known",
+)
+K8S_CLUSTER_NAME: Final = _key(
+    "k8s.cluster.name",
+    "str",
+    "stable",
+    _R,
+    "The cluster's name (export.clusterName, else $K8S_CLUSTER_NAME; the chart's clusterName)",
+)
+K8S_REPLICASET_NAME: Final = _key(
+    "k8s.replicaset.name",
+    "str",
+    "stable",
+    _E,
+    "The ReplicaSet that owns the pod (its controller ownerReference)",
+)
+K8S_DEPLOYMENT_NAME: Final = _key(
+    "k8s.deployment.name",
+    "str",
+    "stable",
+    _E,
+    "The Deployment that owns the pod's ReplicaSet (read once per ReplicaSet uid, cached)",
+)
+K8S_STATEFULSET_NAME: Final = _key(
+    "k8s.statefulset.name", "str", "stable", _E, "The StatefulSet that owns the pod"
+)
+K8S_DAEMONSET_NAME: Final = _key(
+    "k8s.daemonset.name", "str", "stable", _E, "The DaemonSet that owns the pod"
+)
+K8S_JOB_NAME: Final = _key("k8s.job.name", "str", "stable", _E, "The Job that owns the pod")
+K8S_CRONJOB_NAME: Final = _key(
+    "k8s.cronjob.name",
+    "str",
+    "stable",
+    _E,
+    "The CronJob that owns the pod's Job (read once per Job uid, cached)",
+)
+VIGIL_K8S_WORKLOAD_KIND: Final = _key(
+    "vigil.k8s.workload.kind",
+    "str",
+    "vigil",
+    _EM,
+    "Kind of the pod's top owner: Deployment, StatefulSet, DaemonSet, CronJob, Job, "
+    "ReplicaSet (no Deployment), another controller's kind, or Pod for a bare pod. The "
+    "conventions have one key per kind but none for 'the workload'; this pair is what "
+    "metrics roll pods up to by default",
+)
+VIGIL_K8S_WORKLOAD_NAME: Final = _key(
+    "vigil.k8s.workload.name",
+    "str",
+    "vigil",
+    _EM,
+    "Name of the pod's top owner (the pod's own name for a bare pod)",
 )
 K8S_POD_LABEL_TEMPLATE: Final = _key(
     "k8s.pod.label",
@@ -342,8 +448,17 @@ VIGIL_PROCESS_RUNNING: Final = _key(
     "bool",
     "vigil",
     ("span",),
-    "true: the process span ended while the process still ran (agent shutdown, or "
-    "export.spans.maxOpen reached)",
+    "true: the process span ended while the process still ran: exported early because "
+    "its first child's span was (so children never arrive without their parent), or at "
+    "agent shutdown, or export.spans.maxOpen reached",
+)
+VIGIL_PROCESS_CONTINUATION: Final = _key(
+    "vigil.process.continuation",
+    "bool",
+    "vigil",
+    ("span",),
+    "true: the rest of a process's life (to its exit, with its status) after its span was "
+    "exported early as running; a child of that span, named like it",
 )
 VIGIL_PROCESS_STATE_NAME: Final = _key(
     "vigil.process.state_name",
@@ -468,6 +583,14 @@ VIGIL_OOM_TRIGGER_CGROUP_ID: Final = _key(
 SERVICE_NAME: Final = _key("service.name", "str", "stable", _R, "vigil-agent")
 SERVICE_VERSION: Final = _key("service.version", "str", "stable", _R, "vigil's version")
 HOST_NAME: Final = _key("host.name", "str", "development", _R, "The host's name (hostname)")
+SERVICE_INSTANCE_ID: Final = _key(
+    "service.instance.id",
+    "str",
+    "stable",
+    _R,
+    "Stable per node, so a restart continues the same series: the node's name, else the "
+    "host's name (Prometheus derives `instance` from it)",
+)
 
 # -- labels of vigil's own metrics ------------------------------------------------------------
 
@@ -496,6 +619,13 @@ REASON: Final = _key(
     _M,
     "Why: cgroup or pod (vigil.agent.enrichment.misses); queue_full, ended_early, "
     "span_event_limit, ... (vigil.agent.export.dropped)",
+)
+VIGIL_METRIC_NAME: Final = _key(
+    "vigil.metric.name",
+    "str",
+    "vigil",
+    _M,
+    "A metric's OTel name (vigil.agent.metrics.overflow, .series, .evicted)",
 )
 CPU_MODE: Final = _key(
     "cpu.mode", "str", "development", _M, "user or system (process.cpu.time of the agent)"

@@ -11,24 +11,55 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from vigil.api import attributes as registry
 from vigil.api.attributes import (
     K8S_CONTAINER_NAME,
     K8S_NAMESPACE_NAME,
-    K8S_NODE_NAME,
-    K8S_POD_NAME,
-    PROCESS_EXECUTABLE_NAME,
+    VIGIL_K8S_WORKLOAD_KIND,
+    VIGIL_K8S_WORKLOAD_NAME,
 )
 from vigil.api.base import ApiModel
 
-# Pod-level attributes plus the executable: bounded by the pods and binaries of
-# one node. Never pids, arguments or peer addresses (unbounded).
+# Workload-level: a Deployment's pods (and their restarts, rollouts) share their
+# series, as users query them in Grafana. Pod and executable names are opt-in
+# (pods churn; a node runs hundreds of binaries); node and cluster are on the
+# resource. Never pids, arguments or addresses (unbounded: refused below).
 DEFAULT_METRIC_ATTRIBUTES: tuple[str, ...] = (
     K8S_NAMESPACE_NAME,
-    K8S_POD_NAME,
+    VIGIL_K8S_WORKLOAD_KIND,
+    VIGIL_K8S_WORKLOAD_NAME,
     K8S_CONTAINER_NAME,
-    K8S_NODE_NAME,
-    PROCESS_EXECUTABLE_NAME,
 )
+
+
+def check_metric_attribute(key: str) -> str:
+    """A key export.metrics.attributes may name: registered, on events or metrics, bounded."""
+    found = registry.find(key)
+    if found is None:
+        close = [a.name for a in registry.ATTRIBUTES if _near(a.name, key)]
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{key!r} is not a registered attribute key{hint}")
+    if found.unbounded:
+        raise ValueError(
+            f"{key!r} has unbounded values (a series per value): not a metric attribute"
+        )
+    if "event" not in found.on and "metric" not in found.on:
+        raise ValueError(f"{key!r} is on {', '.join(found.on)} only, not on events or metrics")
+    return key
+
+
+def _near(known: str, typed: str) -> bool:
+    """One edit or one swap of neighbours apart (typos like k8s.pod.nmae)."""
+    if abs(len(known) - len(typed)) > 1 or known == typed:
+        return False
+    if len(known) == len(typed):
+        diff = [i for i, (a, b) in enumerate(zip(known, typed, strict=True)) if a != b]
+        if len(diff) == 1:
+            return True
+        i = diff[0] if len(diff) == 2 else -1
+        return len(diff) == 2 and diff[1] == i + 1 and known[i] == typed[i + 1]
+    short, long_ = sorted((known, typed), key=len)
+    return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
 
 
 def check_endpoint(value: str) -> str:
@@ -98,17 +129,42 @@ class Metrics(ApiModel):
     )
     attributes: tuple[str, ...] = Field(
         DEFAULT_METRIC_ATTRIBUTES,
-        description="event attributes kept as metric attributes (cardinality: keep bounded)",
+        description="event attributes kept as metric attributes: registered keys with "
+        "bounded values (k8s.pod.name and process.executable.name are allowed opt-ins)",
     )
+    cardinality_limit: int = Field(
+        2000,
+        ge=10,
+        le=1_000_000,
+        description="live series per metric; beyond it one otel.metric.overflow=true "
+        "series takes the rest (counted in vigil.agent.metrics.overflow, logged once)",
+    )
+    stale_intervals: int = Field(
+        4,
+        ge=1,
+        le=10_000,
+        description="a series not updated for this many export intervals is evicted "
+        "(gone pods do not keep series forever nor fill the limit)",
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            check_metric_attribute(key)
+        if len(set(value)) != len(value):
+            raise ValueError("a key is listed twice")
+        return value
 
 
 class Spans(ApiModel):
     enabled: bool = True
     sampling_ratio: float = Field(
-        1.0,
+        0.1,
         ge=0.0,
         le=1.0,
-        description="share of process trees traced (a whole tree is kept or dropped)",
+        description="share of process trees traced (a whole tree is kept or dropped); "
+        "0.1 keeps an idle node's span rate modest (see README)",
     )
     max_queue: int = Field(
         8192, ge=1, description="finished spans waiting for export; beyond it spans are dropped"
@@ -146,6 +202,12 @@ class Prometheus(ApiModel):
 class Export(ApiModel):
     """OTLP export is active when `--output otlp` is given or an endpoint is configured."""
 
+    cluster_name: str | None = Field(
+        None,
+        min_length=1,
+        description="k8s.cluster.name on the resource; default $K8S_CLUSTER_NAME "
+        "(the chart sets it from its clusterName value)",
+    )
     otlp: Otlp = Otlp()
     metrics: Metrics = Metrics()
     spans: Spans = Spans()

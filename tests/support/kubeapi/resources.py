@@ -179,6 +179,14 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
         short_names=("no",),
         selectable_fields={"spec.unschedulable": "spec.unschedulable"},
     ),
+    # Workload controllers: the agent reads a pod's ReplicaSet or Job to find its
+    # Deployment or CronJob (GET by name).
+    ResourceType("apps", "v1", "deployments", "Deployment", short_names=("deploy",)),
+    ResourceType("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",)),
+    ResourceType("apps", "v1", "statefulsets", "StatefulSet", short_names=("sts",)),
+    ResourceType("apps", "v1", "daemonsets", "DaemonSet", short_names=("ds",)),
+    ResourceType("batch", "v1", "jobs", "Job"),
+    ResourceType("batch", "v1", "cronjobs", "CronJob", short_names=("cj",)),
     # Stored separately from core v1 events (a real server shares the storage).
     ResourceType(
         "events.k8s.io",
