@@ -92,13 +92,20 @@ base() {
 }
 
 # Everything the build context holds that git knows of (tracked, or untracked
-# but not ignored), by content: the image key.
+# but not ignored), by content: the image key. The plain names in .dockerignore
+# (folders such as tests, e2e) are left out, as they are of the context.
 inputs_key() {
     (
         cd "$ROOT"
-        git ls-files -co --exclude-standard -z \
-            | grep -zv -e '^\.venv/' -e '^\.git/' \
-            | sort -z \
+        local excluded=(-e '^\.venv/' -e '^\.git/')
+        while IFS= read -r entry; do
+            case "$entry" in '' | '#'* | *'*'* | *'?'*) continue ;; esac
+            excluded+=(-e "^${entry%/}(/|\$)")
+        done < .dockerignore
+        git ls-files -co --exclude-standard \
+            | grep -Ev "${excluded[@]}" \
+            | sort \
+            | tr '\n' '\0' \
             | xargs -0 -r sha256sum 2>/dev/null
         printf '%s\n' "$BASE_RECIPE"
     ) | sha256sum | cut -c1-16
