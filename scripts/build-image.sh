@@ -85,6 +85,7 @@ base() {
             --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
             "$SUITE" "$tarball.tmp.tar.zst" "$MIRROR"
         mv "$tarball.tmp.tar.zst" "$tarball"
+        find "$CACHE" -maxdepth 1 -name 'base-*.tar.zst' ! -name "base-$key.tar.zst" -delete
     fi
     log "podman import $tarball as $BASE_REF"
     zstd -dc "$tarball" | podman import --change 'CMD ["bash"]' \
@@ -138,6 +139,10 @@ build() {
         podman save -q -o "$archive.tmp" "$ref" && mv "$archive.tmp" "$archive"
     fi
     podman tag "$ref" "$TAG"
+    # Earlier builds' tags (their layers stay as long as the build cache uses them).
+    podman images --format '{{.Repository}}:{{.Tag}}' \
+        | grep -E '^localhost/vigil:[0-9a-f]{16}$' | grep -vx "$ref" \
+        | xargs -r podman rmi >/dev/null 2>&1 || true
     echo "$ref"
 }
 
