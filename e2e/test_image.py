@@ -520,6 +520,26 @@ def test_agent_runs_under_the_shipped_seccomp_profile(image: str, scratch: Path)
     assert code == 1, stderr
     assert "Operation not permitted" in stderr
     assert "seccomp profile refuses them" in stderr
+    doctor = subprocess.run(
+        [
+            "podman",
+            "run",
+            "--rm",
+            *default,
+            *[f"--cap-add={c}" for c in run.capabilities],
+            image,
+            "doctor",
+            "--json",
+        ],
+        env=containers.podman_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["seccomp"]["ok"] is False, checks["seccomp"]
+    assert checks["bpf_privileges"]["ok"] is True
 
 
 def test_operator_entrypoint_and_clear_error_without_mounts(image: str) -> None:
