@@ -180,7 +180,9 @@ class RunningAgent:
 
     def events(self) -> list[dict[str, Any]]:
         out = podman("logs", self.name, check=False)
-        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        lines = out.split("\n")
+        # The last line may be a partial write (stdout is block-buffered): whole lines only.
+        return [json.loads(line) for line in lines[:-1] if line.startswith("{")]
 
     def stderr(self) -> str:
         result = subprocess.run(
