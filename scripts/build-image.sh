@@ -23,7 +23,7 @@ SUITE=bookworm
 MIRROR=${VIGIL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE_REF=docker.io/library/debian:bookworm-slim
 # Bump when the base recipe changes (packages, variant, import options).
-BASE_RECIPE="mmdebstrap --variant=minbase $SUITE nodoc v2"
+BASE_RECIPE="mmdebstrap --variant=minbase $SUITE nodoc merged-usr v3"
 
 log() { printf 'build-image: %s\n' "$*" >&2; }
 
@@ -76,7 +76,10 @@ base() {
         log "mmdebstrap $SUITE (minbase) -> $tarball"
         # As Debian's -slim images: no manuals, docs or translations, in the base
         # and (the dpkg options stay in the rootfs) in every package added later.
+        # merged-usr: /usr merged by mmdebstrap with usr-is-merged, instead of the
+        # usrmerge package, which pulls in perl (~50 MB) on bookworm.
         mmdebstrap --quiet --variant=minbase \
+            --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
             --dpkgopt='path-exclude=/usr/share/man/*' \
             --dpkgopt='path-exclude=/usr/share/doc/*' \
             --dpkgopt='path-include=/usr/share/doc/*/copyright' \
