@@ -83,13 +83,17 @@ class Containerd:
         return result.stdout
 
     def ensure_base(self, scratch: Path) -> None:
-        """The base image, imported from podman once (kept in containerd's root)."""
-        if BASE in self.ctr("images", "ls", "-q").split():
+        """podman's base image in containerd, imported again only when podman's changed."""
+        marker = CACHE / "containerd" / "vigil-base-id"
+        wanted = podman("image", "inspect", "--format", "{{.Id}}", BASE).strip()
+        present = BASE in self.ctr("images", "ls", "-q").split()
+        if present and marker.is_file() and marker.read_text() == wanted:
             return
         archive = scratch / "base-oci.tar"
         podman("save", "--format", "oci-archive", "-o", str(archive), BASE)
         self.ctr("images", "import", "--base-name", BASE.rsplit(":", 1)[0], str(archive))
         archive.unlink()
+        marker.write_text(wanted)
 
     def run(self, cid: str, *command: str, cgroup: str | None = None) -> None:
         """A detached container on the host network (TCP to the test's listener)."""
