@@ -318,7 +318,7 @@ def test_agent_in_image_attributes_real_containers(image: str, scratch: Path) ->
         ctrd.ensure_base(scratch)
         plain = new_id()
         besteffort, pod_uid, pod_cid = kubepods_path("besteffort")
-        cgroups += [f"/default/{plain}", besteffort, "/libpod_parent"]
+        cgroups += [f"/default/{plain}", besteffort, "/libpod_parent/conmon"]
         podman_name = f"vigil-e2e-sleeper-{new_id()[:8]}"
         try:
             # Containers older than the agent (found by its cgroup scan)...
