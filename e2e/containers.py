@@ -159,9 +159,14 @@ def kubepods_path(qos: str) -> tuple[str, str, str]:
     return f"/kubepods/{qos}/pod{pod_uid}/{cid}", pod_uid, cid
 
 
+def cgroup_hierarchies() -> list[Path]:
+    """The v1 hierarchies and the unified one (links such as cpu,cpuacct left out)."""
+    return [p for p in CGROUP_V1_ROOT.iterdir() if p.is_dir() and not p.is_symlink()]
+
+
 def remove_empty_cgroups(*paths: str) -> None:
     """runc removes only the leaf: rmdir the parents it leaves, deepest first, when empty."""
-    hierarchies = [p for p in CGROUP_V1_ROOT.iterdir() if p.is_dir() and not p.is_symlink()]
+    hierarchies = cgroup_hierarchies()
     for path in paths:
         parts = [p for p in path.split("/") if p]
         for depth in range(len(parts), 0, -1):

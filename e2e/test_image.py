@@ -302,7 +302,12 @@ def image() -> Iterator[str]:
     reference = containers.build_image()
     print(f"\nimage {reference} ready in {time.monotonic() - started:.1f}s (cache {CACHE})")
     yield reference
-    containers.remove_empty_cgroups("/libpod_parent/conmon")
+    # conmon leaves its v1 cgroup a moment after `podman run --rm` returns.
+    for _ in range(50):
+        containers.remove_empty_cgroups("/libpod_parent/conmon")
+        if not any(Path(h, "libpod_parent").exists() for h in containers.cgroup_hierarchies()):
+            break
+        time.sleep(0.1)
 
 
 @pytest.fixture
