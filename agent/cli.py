@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vigil.agent")
 
-OUTPUTS = ("console", "json", "otlp")
+OUTPUTS = ("console", "json", "otlp", "none")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         "overrides export.otlp.endpoint and OTEL_EXPORTER_OTLP_ENDPOINT)",
     )
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="serve /healthz, /readyz and /metrics here (overrides endpoint.listen)",
+    )
 
     doctor = commands.add_parser("doctor", help="check kernel features, privileges and offsets")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
@@ -77,8 +82,8 @@ def _sinks(output: str) -> list[Sink]:
             sinks.append(ConsoleSink())
         elif name == "json":
             sinks.append(JsonLinesSink())
-        elif name == "otlp":
-            pass  # the telemetry sink, see _telemetry
+        elif name in ("otlp", "none"):
+            pass  # otlp: the telemetry sink, see _telemetry; none: only /metrics
         else:
             raise ConfigError(
                 f"--output: unknown output {name!r}; choose from {', '.join(OUTPUTS)}"
@@ -87,16 +92,16 @@ def _sinks(output: str) -> list[Sink]:
 
 
 def _telemetry(
-    config: AgentConfig, args: argparse.Namespace, readings: Readings
+    config: AgentConfig, args: argparse.Namespace, readings: Readings, *, listen: str | None
 ) -> Telemetry | None:
-    """OTLP export and/or the Prometheus endpoint, when asked for; None otherwise."""
+    """OTLP export and/or the Prometheus endpoint(s), when asked for; None otherwise."""
     from vigil.agent.telemetry.export import Telemetry, wanted
 
     outputs = [part.strip() for part in args.output.split(",")]
     otlp, needed = wanted(config.export, outputs)
     if args.otlp_endpoint:
         otlp = needed = True
-    if not needed:
+    if not needed and listen is None:
         return None
     node_name = config.enrichment.kubernetes.node_name or os.environ.get("NODE_NAME") or None
     return Telemetry(
@@ -105,11 +110,33 @@ def _telemetry(
         otlp=otlp,
         endpoint=args.otlp_endpoint,
         node_name=node_name,
+        metrics_registry=listen is not None,
+    )
+
+
+def _privileges_hint() -> str:
+    """What the usual cause of a failed start is, in a container: said plainly."""
+    from vigil.agent.kernel.capabilities import can_load_tracing_bpf, effective_capabilities
+
+    try:
+        caps = effective_capabilities()
+    except OSError:
+        return ""
+    if not can_load_tracing_bpf(caps):
+        return (
+            "; this process lacks CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN): run as root, "
+            "or in a container add those capabilities"
+        )
+    return (
+        "; if `Operation not permitted` came from bpf() or perf_event_open() in a container, "
+        "its seccomp profile refuses them without CAP_SYS_ADMIN: use the chart's profile "
+        "(charts/vigil/files/seccomp-vigil-agent.json) or Unconfined"
     )
 
 
 def _run(args: argparse.Namespace) -> int:
     from vigil.agent.config_watch import ConfigWatcher
+    from vigil.agent.endpoint import AgentChecks, Endpoint, EndpointError, prometheus_text
     from vigil.agent.pipeline.readings import Readings
     from vigil.agent.runtime import Agent, AgentError
     from vigil.agent.sinks.otlp import OtlpSink
@@ -117,12 +144,14 @@ def _run(args: argparse.Namespace) -> int:
     from vigil.api.config import read_config
 
     telemetry = None
+    endpoint = None
     # What the exporters read of the agent: filled by the agent, held by both.
     readings = Readings()
     try:
         config, text = read_config(args.config) if args.config else (AgentConfig(), None)
+        listen = args.listen or config.endpoint.listen
         sinks = _sinks(args.output)
-        telemetry = _telemetry(config, args, readings)
+        telemetry = _telemetry(config, args, readings, listen=listen)
         if telemetry is not None:
             sinks.append(OtlpSink(telemetry))
         probes = [p.strip() for p in args.probes.split(",")] if args.probes else None
@@ -133,7 +162,16 @@ def _run(args: argparse.Namespace) -> int:
             config_source=str(args.config or "config"),
             readings=readings,
         )
-    except (ConfigError, AgentError, TelemetryError) as exc:
+        if listen is not None:
+            checks = AgentChecks(agent, stall_seconds=config.endpoint.stall_seconds)
+            registry = telemetry.prometheus_registry if telemetry is not None else None
+            endpoint = Endpoint(
+                listen,
+                health=checks.health,
+                ready=checks.ready,
+                metrics=prometheus_text(registry) if registry is not None else None,
+            )
+    except (ConfigError, AgentError, TelemetryError, EndpointError) as exc:
         log.error("%s", exc)
         if telemetry is not None:
             telemetry.shutdown()
@@ -148,7 +186,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         agent.start()
     except AgentError as exc:
-        log.error("%s (run `vigil-agent doctor`)", exc)
+        log.error("%s (run `vigil-agent doctor`)%s", exc, _privileges_hint())
+        if endpoint is not None:
+            endpoint.close()
         if telemetry is not None:
             telemetry.shutdown()
         return 1
@@ -165,6 +205,8 @@ def _run(args: argparse.Namespace) -> int:
         if watcher is not None:
             watcher.stop()
         agent.stop()
+        if endpoint is not None:
+            endpoint.close()
         for name, counters in agent.counters().items():
             summary = " ".join(f"{key}={value}" for key, value in counters.items())
             log.info("%s: %s", name, summary)

@@ -135,6 +135,15 @@ class Agent:
         readings.count("rules", stage.rules.counters.as_dict)
 
     @property
+    def running(self) -> bool:
+        """Started (every probe that could be attached is) and not stopping."""
+        return self._running
+
+    def requested_probes(self) -> list[str]:
+        """The probes asked for: --probes, else the config's enabled ones."""
+        return list(self.probe_names if self._probes_pinned else self.config.probes.enabled())
+
+    @property
     def probes(self) -> dict[str, Probe]:
         """The attached probes by name (the supervisor's, live)."""
         return self.supervisor.probes
@@ -180,7 +189,10 @@ class Agent:
     def start(self) -> StartReport:
         started = time.perf_counter()
         if mounts.ensure_tracefs() is None:
-            raise AgentError("tracefs is not mounted at /sys/kernel/tracing and cannot be (root?)")
+            raise AgentError(
+                "tracefs is not mounted at /sys/kernel/tracing and cannot be: run as root, "
+                "or in a container mount the host's /sys/kernel/tracing (read-only is enough)"
+            )
         self.process_table.seed_from_proc()
         context = self.supervisor.context
         wanted = []
@@ -306,7 +318,7 @@ class Agent:
                 raise
             report.restart_needed = [
                 section
-                for section in ("enrichment", "pipeline")
+                for section in ("enrichment", "pipeline", "endpoint")
                 if getattr(config, section) != getattr(self.config, section)
             ]
             if self._running:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -151,10 +152,12 @@ def test_crds_check_passes_on_the_chart_and_fails_on_drift(tmp_path: Path) -> No
 
 def test_run_reconciles_until_sigterm(tmp_path: Path) -> None:
     from tests.support.kubeapi import FakeKubeAPI, resource_from_crd
+    from tests.support.otlp_receiver import free_port
     from vigil.api.crd import all_crds
 
     resources = [resource_from_crd(c) for c in all_crds().values()]
     (tmp_path / "base.yaml").write_text("pipeline: {drainIntervalMs: 20}\n")
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"  # the chart's probe, on loopback
     with FakeKubeAPI(resources, namespaces=("default", "vigil", "shop")) as api:
         api.create(yaml.safe_load(WEB))
         proc = subprocess.Popen(
@@ -169,6 +172,8 @@ def test_run_reconciles_until_sigterm(tmp_path: Path) -> None:
                 "agents",
                 "--base",
                 str(tmp_path / "base.yaml"),
+                "--liveness",
+                liveness,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -183,6 +188,8 @@ def test_run_reconciles_until_sigterm(tmp_path: Path) -> None:
             config = parse_config(yaml.safe_load(cm["data"]["config.yaml"]))
             assert [p.name for p in config.policies] == ["web"]
             assert config.pipeline.drain_interval_ms == 20
+            with urllib.request.urlopen(liveness, timeout=5) as response:
+                assert response.status == 200
         finally:
             proc.send_signal(signal.SIGTERM)
             _, stderr = proc.communicate(timeout=30)

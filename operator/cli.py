@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--base", type=Path, help="base AgentConfig file (env VIGIL_BASE_CONFIG)")
     run.add_argument("--kubeconfig", type=Path, help="outside a cluster (env KUBECONFIG)")
     run.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz",
+    )
+    run.add_argument(
         "--peering",
         help="kopf ClusterKopfPeering name shared by replicas; only the highest priority one "
         "works (env VIGIL_PEERING; unset: standalone)",
@@ -169,6 +174,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["kubeconfig"] = args.kubeconfig
     if args.peering:
         overrides["peering"] = args.peering
+    if args.liveness:
+        overrides["liveness"] = args.liveness
     # Same-priority peers all pause; a random one lets exactly one replica work.
     overrides["priority"] = args.priority if args.priority is not None else random.randint(1, 2**30)
     settings = replace(settings, **overrides)

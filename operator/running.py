@@ -33,6 +33,7 @@ async def serve(
             priority=settings.priority,
             stop_flag=stop_flag,
             ready_flag=ready_flag,
+            liveness_endpoint=settings.liveness,
             memo=kopf.Memo(),
         )
     finally:

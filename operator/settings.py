@@ -30,6 +30,8 @@ class OperatorSettings:
     priority: int = 0
     resync_seconds: float = 300.0
     retry_seconds: float = 2.0
+    # kopf's liveness endpoint (e.g. http://0.0.0.0:8080/healthz); None: none.
+    liveness: str | None = None
 
 
 def default_namespace(env: Mapping[str, str]) -> str:

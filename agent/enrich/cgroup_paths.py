@@ -28,7 +28,12 @@ and a kind node seen from its host sits under ``/system.slice/docker-<node>.scop
   parents must be ``kubepods/<qos>`` or ``kubepods`` for it to count.
 - Containers outside Kubernetes: ``docker-<id>.scope`` (Docker, systemd driver),
   ``docker/<id>`` (Docker, cgroupfs), ``default/<id>`` (containerd's default
-  namespace, accepted only because the id must be 64 hex). ``cri-containerd-``
+  namespace, accepted only because the id must be 64 hex), and podman's
+  ``libpod-<id>.scope`` (systemd driver, ``machine.slice`` or a user's slice) and
+  ``libpod_parent/libpod-<id>`` (cgroupfs driver), where ``<id>`` is ``podman
+  inspect``'s 64-hex ``Id``. podman's conmon (``libpod-conmon-<id>.scope``, and
+  ``libpod_parent/conmon`` on cgroup v1) is not the container: nothing is
+  reported for it. ``cri-containerd-``
   and ``crio-`` directories count only directly below a pod: elsewhere the layout
   is unknown and nothing is reported.
 - systemd services: the innermost ``<unit>.service`` directory.
@@ -80,6 +85,7 @@ QOS_BESTEFFORT = "besteffort"
 RUNTIME_CONTAINERD = "containerd"
 RUNTIME_CRIO = "cri-o"
 RUNTIME_DOCKER = "docker"
+RUNTIME_PODMAN = "podman"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,10 @@ _CONTAINER = re.compile(
 # Containers outside Kubernetes: Docker's systemd scope, or a bare id under a parent
 # that names its runtime (Docker's cgroupfs "docker/", containerd's "default/").
 _DOCKER_SCOPE = re.compile(rf"docker-(?P<cid>{_HEX64})\.scope")
+# podman: "libpod-<id>.scope" (systemd driver), "libpod-<id>" under "libpod_parent"
+# (cgroupfs driver).
+_PODMAN_SCOPE = re.compile(rf"libpod-(?P<cid>{_HEX64})\.scope")
+_PODMAN_CGROUPFS = re.compile(rf"libpod-(?P<cid>{_HEX64})")
 _BARE_ID = re.compile(_HEX64)
 # A running systemd service: unit-name characters (with "\x2d"-style escapes),
 # not a template ("foo@.service" names no instance).
@@ -253,6 +263,10 @@ def parse_cgroup_path(path: str) -> CgroupIdentity | None:
         m = _DOCKER_SCOPE.fullmatch(name)
         if m is not None:
             container_id, runtime = m["cid"], RUNTIME_DOCKER
+        elif (m := _PODMAN_SCOPE.fullmatch(name)) is not None or (
+            i > 0 and parts[i - 1] == "libpod_parent" and (m := _PODMAN_CGROUPFS.fullmatch(name))
+        ):
+            container_id, runtime = m["cid"], RUNTIME_PODMAN
         elif i > 0 and parts[i - 1] in _PLAIN_PARENTS and _BARE_ID.fullmatch(name):
             container_id, runtime = name, _PLAIN_PARENTS[parts[i - 1]]
         else:

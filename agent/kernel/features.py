@@ -46,6 +46,34 @@ def ringbuf_supported() -> tuple[bool, str]:
     return True, "BPF ring buffer maps can be created"
 
 
+def seccomp_mode(status: Path = Path("/proc/self/status")) -> int | None:
+    """0: no seccomp, 1: strict, 2: a filter (a container runtime's profile); None: unknown."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("Seccomp:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def seccomp_check(*, ringbuf_ok: bool, can_load: bool, mode: int | None = None) -> Check:
+    """Whether a seccomp filter is what refuses bpf(): said plainly, with the fix."""
+    mode = seccomp_mode() if mode is None else mode
+    if mode != 2:
+        return Check("seccomp", True, "no seccomp filter" if mode == 0 else "unknown", False)
+    if ringbuf_ok or not can_load:
+        return Check("seccomp", True, "a filter is active; bpf() is allowed", False)
+    return Check(
+        "seccomp",
+        False,
+        "a filter refuses bpf() although CAP_BPF is effective: runtime default profiles "
+        "allow bpf() and perf_event_open() only with CAP_SYS_ADMIN; use the chart's "
+        "profile (charts/vigil/files/seccomp-vigil-agent.json) or Unconfined",
+        False,
+    )
+
+
 def tracepoint_exists(tracefs: Path | None, name: str) -> bool:
     """`name` is "category:event"; raw tracepoints share the same names."""
     if tracefs is None:
@@ -102,8 +130,8 @@ def probe_features(tracepoints: Iterable[str] = ()) -> list[Check]:
         )
     )
 
-    ok, detail = ringbuf_supported()
-    checks.append(Check("ringbuf", ok, detail, True))
+    ringbuf_ok, detail = ringbuf_supported()
+    checks.append(Check("ringbuf", ringbuf_ok, detail, True))
 
     cgroup2 = mounts.cgroup2_root()
     checks.append(
@@ -131,6 +159,8 @@ def probe_features(tracepoints: Iterable[str] = ()) -> list[Check]:
             True,
         )
     )
+
+    checks.append(seccomp_check(ringbuf_ok=ringbuf_ok, can_load=can_load))
 
     try:
         tree = headers.resolve_headers()

@@ -44,6 +44,9 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self.events_out = 0
         self.latency = LatencyTracker()
+        # time.monotonic() of the pipeline thread's last turn (a batch or a tick):
+        # the health check's evidence that the thread is not stuck.
+        self.last_progress = time.monotonic()
 
     def submit(self, source: Source, records: list[bytes]) -> None:
         """Called on the ring buffer thread; never blocks."""
@@ -78,6 +81,7 @@ class Dispatcher:
     def _run(self) -> None:
         next_tick = time.monotonic() + TICK_SECONDS
         while True:
+            self.last_progress = time.monotonic()
             try:
                 item = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
             except queue.Empty:
@@ -92,7 +96,18 @@ class Dispatcher:
                 self._flush()
                 next_tick = time.monotonic() + TICK_SECONDS
 
+    @property
+    def running(self) -> bool:
+        """The pipeline thread is alive (started and not stopped or crashed)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def backlog(self) -> int:
+        """Batches waiting for the pipeline thread."""
+        return self._queue.qsize()
+
     def start(self) -> None:
+        self.last_progress = time.monotonic()
         # What start-up made (modules, compiled probes, caches: ~70k objects)
         # lives as long as the agent. Frozen, the collector stops walking it
         # on every full collection, which the pipeline's short-lived events

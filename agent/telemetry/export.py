@@ -126,11 +126,15 @@ class Telemetry:
         endpoint: str | None = None,
         node_name: str | None = None,
         exporters: Exporters | None = None,
+        metrics_registry: bool = False,
     ) -> None:
         """Raises TelemetryError for settings that cannot work (names the field).
 
         `readings` is what the metric readers see of the running agent (an
-        empty one when nothing runs yet, or in tests).
+        empty one when nothing runs yet, or in tests). `metrics_registry`:
+        keep a Prometheus registry (`prometheus_registry`) for another server
+        to serve (the agent's --listen endpoint), even when
+        export.prometheus does not start its own.
         """
         self.settings = export
         self.readings = readings if readings is not None else Readings()
@@ -143,6 +147,7 @@ class Telemetry:
         self._exporters = exporters or Exporters()
         self._otlp = otlp
         self._endpoint = endpoint
+        self._metrics_registry = metrics_registry
         self._timeout_ms = (export.otlp.timeout_ms or 10_000) if otlp else 10_000
         self._build_metrics()
         self.spans = self._build_spans()
@@ -185,8 +190,9 @@ class Telemetry:
             )
         self._prometheus_server: Any = None
         self.prometheus_port: int | None = None
-        if export.prometheus.enabled:
-            readers.append(self._start_prometheus())
+        self.prometheus_registry: Any = None
+        if export.prometheus.enabled or self._metrics_registry:
+            readers.append(self._prometheus_reader())
         self.meter_provider = MeterProvider(
             metric_readers=readers, resource=self.resource, shutdown_on_exit=False
         )
@@ -255,12 +261,16 @@ class Telemetry:
             span_context=spans.context_of if spans is not None else (lambda _pid: None),
         )
 
-    def _start_prometheus(self) -> MetricReader:
+    def _prometheus_reader(self) -> MetricReader:
+        """One registry for every scrape: export.prometheus's server and/or --listen."""
         from prometheus_client import CollectorRegistry, start_http_server
 
         settings = self.settings.prometheus
         registry = CollectorRegistry(auto_describe=True)
         reader = PrometheusReader(extra_scopes=self.aggregates.scopes, registry=registry)
+        self.prometheus_registry = registry
+        if not settings.enabled:
+            return reader
         try:
             server, _thread = start_http_server(
                 settings.port, addr=settings.host, registry=registry

@@ -98,6 +98,17 @@ LAYOUTS: list[tuple[str, dict[str, str]]] = [
     (f"/docker/{CID}", {"container.id": CID, "container.runtime": "docker"}),
     (f"docker/{CID}/", {"container.id": CID, "container.runtime": "docker"}),
     (f"/default/{CID}", {"container.id": CID, "container.runtime": "containerd"}),
+    # podman: cgroupfs (seen here, research/containers.md) and systemd drivers.
+    (f"/libpod_parent/libpod-{CID}", {"container.id": CID, "container.runtime": "podman"}),
+    (f"/machine.slice/libpod-{CID}.scope", {"container.id": CID, "container.runtime": "podman"}),
+    (
+        f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope",
+        {"container.id": CID, "container.runtime": "podman"},
+    ),
+    (
+        f"/machine.slice/libpod-{CID}.scope/container",
+        {"container.id": CID, "container.runtime": "podman"},
+    ),
     (f"/docker/{CID2}/docker/{CID}", {"container.id": CID, "container.runtime": "docker"}),
     (f"/docker/{CID}/{CID2}", {"container.id": CID, "container.runtime": "docker"}),
     (
@@ -144,6 +155,12 @@ NOTHING = [
     "/kubepods/burstable",
     "/system.slice",
     "/machine.slice/libpod-conmon-x.scope",
+    f"/machine.slice/libpod-conmon-{CID}.scope",
+    "/libpod_parent/conmon",
+    f"/libpod-{CID}",  # cgroupfs form outside libpod_parent
+    f"/other/libpod-{CID}",
+    f"/libpod_parent/libpod-{CID[:-1]}",
+    f"/machine.slice/libpod-{CID}",
     f"/foo/{CID}",  # a bare id under a parent that names no runtime
     f"/{CID}",
     f"/k8s.io/{CID}",

@@ -227,7 +227,7 @@ CONTAINER_RUNTIME: Final = _key(
     "str",
     "development",
     _E,
-    "containerd, cri-o or docker, when the cgroup path names the runtime",
+    "containerd, cri-o, docker or podman, when the cgroup path names the runtime",
     deprecated_by="container.runtime.name",
 )
 CONTAINER_IMAGE_NAME: Final = _key(

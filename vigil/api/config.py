@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from vigil.api.base import ApiModel, describe_validation_error
 from vigil.api.export import Export
@@ -23,6 +23,7 @@ __all__ = [
     "AgentConfig",
     "ArgumentCapture",
     "ConfigError",
+    "Endpoint",
     "ProcessProbe",
     "load_config",
     "parse_config",
@@ -75,12 +76,41 @@ class Enrichment(ApiModel):
     kubernetes: Kubernetes = Kubernetes()
 
 
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:9465; port 0 picks one)")
+    return value
+
+
+class Endpoint(ApiModel):
+    """The agent's own HTTP endpoint: /healthz, /readyz and /metrics on one port."""
+
+    listen: str | None = Field(
+        None,
+        description="HOST:PORT to serve on (e.g. the pod IP); null: no endpoint. "
+        "--listen overrides it",
+    )
+    stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="/healthz answers 503 once the pipeline has made no progress this long",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        return None if value is None else _host_port(value)
+
+
 class AgentConfig(ApiModel):
     version: Literal[1] = 1
     probes: Probes = Probes()
     enrichment: Enrichment = Enrichment()
     pipeline: Pipeline = Pipeline()
     export: Export = Export()
+    endpoint: Endpoint = Endpoint()
     policies: tuple[AppliedPolicy, ...] = Field(
         (),
         description="what each accepted policy selects and the rules it carries; "
