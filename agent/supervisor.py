@@ -108,7 +108,7 @@ class Supervisor:
         defines: dict[str, int | str] = {}
         for probe in probes:
             defines.update(probe.defines())
-        sources = compiler.module_sources(probe.source for probe in probes)
+        sources = compiler.module_sources(probe.source_file() for probe in probes)
         return compiler.compile_sources(sources, offsets=offsets, defines=defines)
 
     def _compile_isolating_failures(

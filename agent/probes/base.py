@@ -100,6 +100,10 @@ class Probe(abc.ABC):
         self.bpf: Any = None
         self._attached: list[tuple[Hook, int]] = []  # each hook with its link's fd
 
+    def source_file(self) -> str:
+        """The C file compiled for this instance: `source` in bpf/, or a generated file's path."""
+        return self.source
+
     def defines(self) -> dict[str, int | str]:
         """Compile-time constants (sizes); everything else goes through maps."""
         return {}
