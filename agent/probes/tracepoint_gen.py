@@ -388,13 +388,16 @@ def _program(plan: Plan, sections: dict[str, Template], scope_bit: int | None) -
 def generate(plans: Sequence[Plan], scope_bits: dict[int, int] | None = None) -> str:
     """The probe's whole C file; `scope_bits` maps a plan index to its tp_scope bit."""
     sections = _sections()
-    parts = [sections["module"].substitute(SUBSCRIPTIONS=max(1, len(plans)))]
+    parts = [
+        sections["module"].substitute(SUBSCRIPTIONS=max((p.index + 1 for p in plans), default=1))
+    ]
     for p in plans:
         parts.append(_program(p, sections, (scope_bits or {}).get(p.index)))
     return "".join(parts)
 
 
 def write(plans: Sequence[Plan], directory: Path, scope_bits: dict[int, int] | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "tracepoints.bpf.c"
     path.write_text(generate(plans, scope_bits))
     return path

@@ -1,0 +1,253 @@
+"""The tracepoints probe against the running kernel: generated programs, real events, exact values.
+
+Each test starts the real agent with subscriptions in its config, causes the
+kernel activity itself (a signal to a child it owns, forks and execs in a
+cgroup it made) and checks the decoded values against what it knows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent import running, scratch_cgroup, spawn
+from tests.support.bpf import require_bpf
+from vigil.agent.kernel import btf, compiler, tracepoint_formats
+from vigil.agent.pipeline.events import Event
+from vigil.agent.probes import tracepoint_gen
+from vigil.agent.probes.tracepoints import EVENTS, TracepointsProbe
+from vigil.api.config import AgentConfig
+from vigil.api.probes.tracepoints import Subscription
+
+pytestmark = pytest.mark.bpf
+
+SIGNAL = "tracepoint.signal.signal_generate"
+
+
+def _config(*subscriptions: dict[str, Any]) -> AgentConfig:
+    return AgentConfig.model_validate(
+        {"probes": {"tracepoints": {"enabled": True, "subscriptions": list(subscriptions)}}}
+    )
+
+
+def _signals_to(pid: int) -> Any:
+    def predicate(event: Event) -> bool:
+        return event.kind == SIGNAL and event.attributes.get("vigil.tracepoint.pid") == pid
+
+    return predicate
+
+
+def test_signal_to_a_child_is_one_event_with_its_number_and_pid() -> None:
+    config = _config({"tracepoint": "signal:signal_generate", "fields": ["sig", "pid"]})
+    with running(config, ["tracepoints"]) as (agent, sink):
+        child = subprocess.Popen(["sleep", "30"])
+        try:
+            os.kill(child.pid, signal.SIGUSR1)  # sleep's default action: terminate
+            assert child.wait(timeout=10) == -signal.SIGUSR1
+            events = sink.wait_for(_signals_to(child.pid))
+            time.sleep(0.3)  # nothing more comes for this pid
+            events = sink.matching(_signals_to(child.pid))
+        finally:
+            child.kill()
+    assert len(events) == 1
+    attrs = events[0].attributes
+    assert attrs["vigil.tracepoint.sig"] == signal.SIGUSR1 == 10
+    assert attrs["vigil.tracepoint.pid"] == child.pid
+    assert attrs["process.pid"] == os.getpid()  # the sender: this test
+    assert set(attrs) >= {"thread.id", "thread.name", "vigil.cgroup.id"}
+    assert not {k for k in attrs if k.startswith("vigil.tracepoint.")} - {
+        "vigil.tracepoint.sig",
+        "vigil.tracepoint.pid",
+    }
+
+
+def test_filter_drops_in_the_kernel() -> None:
+    # sig == 9: the USR1 never reaches the ring buffer; the KILL that follows does,
+    # which shows the program ran and the pipeline was alive meanwhile.
+    config = _config(
+        {"tracepoint": "signal:signal_generate", "fields": ["sig", "pid"], "filter": "sig == 9"}
+    )
+    with running(config, ["tracepoints"]) as (agent, sink):
+        child = subprocess.Popen(["sh", "-c", "trap '' USR1; sleep 30"])
+        time.sleep(0.3)  # the trap is set
+        os.kill(child.pid, signal.SIGUSR1)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+        seen = sink.wait_for(_signals_to(child.pid))
+        time.sleep(0.3)
+        seen = sink.matching(_signals_to(child.pid))
+        every_signal = sink.matching(lambda e: e.kind == SIGNAL)
+        received = agent.counters()["tracepoints"]["received"]
+    assert [e.attributes["vigil.tracepoint.sig"] for e in seen] == [signal.SIGKILL]
+    # Every record that crossed the ring buffer passed the filter.
+    assert {e.attributes["vigil.tracepoint.sig"] for e in every_signal} == {9}
+    assert received == len(every_signal)
+
+
+def test_fork_count_per_cgroup_equals_the_forks_made_there() -> None:
+    forks = 37
+    config = _config({"tracepoint": "sched:sched_process_fork", "mode": "count"})
+    with running(config, ["tracepoints"]) as (agent, sink), scratch_cgroup() as cgroup:
+        cgroup_id = cgroup.stat().st_ino
+        # Each /bin/true is one fork of the shell, inside the cgroup; `wait` keeps
+        # the last one from being exec'd in place of the shell.
+        script = f"for i in $(seq {forks}); do /bin/true; done; wait"
+        # seq runs in a subshell: one more fork, plus seq's own exec.
+        assert spawn(["sh", "-c", script], cgroup=cgroup).wait(timeout=60) == 0
+        probe = agent.probes["tracepoints"]
+        assert isinstance(probe, TracepointsProbe)
+        counts = probe.counts(probe.plans[0])
+        points = [p for p in probe.collect() if p.attributes["vigil.cgroup.id"] == cgroup_id]
+    assert counts[(cgroup_id,)] == forks + 1
+    assert len(points) == 1
+    assert points[0].spec == EVENTS
+    assert points[0].value == forks + 1
+    assert points[0].attributes["vigil.subscription.tracepoint"] == "sched:sched_process_fork"
+
+
+def test_histogram_of_a_field_per_cgroup() -> None:
+    # sched_process_fork's child_pid: every value is a pid the test saw.
+    config = _config(
+        {"tracepoint": "sched:sched_process_fork", "mode": "histogram", "field": "child_pid"}
+    )
+    with running(config, ["tracepoints"]) as (agent, sink), scratch_cgroup() as cgroup:
+        cgroup_id = cgroup.stat().st_ino
+        child = spawn(
+            ["sh", "-c", "/bin/true & echo $!; wait"], cgroup=cgroup, stdout=subprocess.PIPE
+        )
+        out, _ = child.communicate(timeout=30)
+        probe = agent.probes["tracepoints"]
+        assert isinstance(probe, TracepointsProbe)
+        histogram = probe.histograms(probe.plans[0])[cgroup_id]
+    pid = int(out)
+    assert histogram.count == 1
+    assert histogram.sum == pid
+    assert histogram.counts[(pid - 1).bit_length()] == 1
+
+
+def test_data_loc_string_decodes_to_the_exact_path(tmp_path: Path) -> None:
+    program = tmp_path / ("a-rather-long-executable-name-" + "x" * 40)
+    shutil.copy("/bin/true", program)
+    config = _config(
+        {
+            "tracepoint": "sched:sched_process_exec",
+            "fields": ["filename", "pid"],
+            "limits": {"stringBytes": 512},
+        }
+    )
+    with running(config, ["tracepoints"]) as (agent, sink), scratch_cgroup() as cgroup:
+        cgroup_id = cgroup.stat().st_ino
+        child = spawn([str(program)], cgroup=cgroup)
+        assert child.wait(timeout=10) == 0
+        events = sink.wait_for(
+            lambda e: (
+                e.kind == "tracepoint.sched.sched_process_exec"
+                and e.attributes["vigil.tracepoint.pid"] == child.pid
+            )
+        )
+    assert len(events) == 1
+    assert events[0].attributes["vigil.tracepoint.filename"] == str(program)
+    assert len(str(program)) > 64  # beyond the default stringBytes
+    assert events[0].attributes["vigil.cgroup.id"] == cgroup_id
+
+
+def test_string_filter_prefix_in_the_kernel(tmp_path: Path) -> None:
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    shutil.copy("/bin/true", inside / "yes")
+    shutil.copy("/bin/true", tmp_path / "no")
+    config = _config(
+        {
+            "tracepoint": "sched:sched_process_exec",
+            "fields": ["filename", "pid"],
+            "filter": f'filename.startsWith("{inside}/") && !(pid in [1, 2])',
+            "limits": {"stringBytes": 256},
+        }
+    )
+    with running(config, ["tracepoints"]) as (agent, sink), scratch_cgroup() as cgroup:
+        cgroup_id = cgroup.stat().st_ino
+        spawn([str(tmp_path / "no")], cgroup=cgroup).wait(timeout=10)
+        yes = spawn([str(inside / "yes")], cgroup=cgroup)
+        yes.wait(timeout=10)
+        sink.wait_for(lambda e: e.attributes.get("vigil.tracepoint.pid") == yes.pid)
+        time.sleep(0.3)
+        seen = sink.matching(lambda e: e.kind == "tracepoint.sched.sched_process_exec")
+    assert [e.attributes["vigil.tracepoint.filename"] for e in seen] == [str(inside / "yes")]
+
+
+def test_invalid_subscriptions_are_reported_and_the_others_run() -> None:
+    config = _config(
+        {"tracepoint": "signal:signal_generat", "fields": ["sig"]},
+        {"tracepoint": "signal:signal_generate", "fields": ["sgi"]},
+        {"tracepoint": "signal:signal_generate", "fields": ["sig", "pid"]},
+    )
+    with running(config, ["tracepoints"]) as (agent, sink):
+        probe = agent.probes["tracepoints"]
+        assert isinstance(probe, TracepointsProbe)
+        child = subprocess.Popen(["sleep", "30"])
+        child.kill()
+        child.wait()
+        assert sink.wait_for(_signals_to(child.pid))
+    assert "close matches: signal:signal_generate" in probe.problems[0]
+    assert (
+        "has no field 'sgi'; its fields: sig, errno, code, comm, pid, group, result"
+        in (probe.problems[1])
+    )
+    assert set(probe.problems) == {0, 1}
+
+
+def _hundred_tracepoints() -> list[tracepoint_formats.TracepointFormat]:
+    """100 tracepoints of this kernel spread over the sorted list (deterministic)."""
+    names = [
+        n for n in tracepoint_formats.available() if not n.startswith(("syscalls:", "ftrace:"))
+    ]
+    stride = max(1, len(names) // 100)
+    return [tracepoint_formats.load(name) for name in names[::stride][:100]]
+
+
+def _varied(index: int, fmt: tracepoint_formats.TracepointFormat) -> Subscription:
+    """Stream, count and histogram in turn; a filter on a numeric field where there is one."""
+    numeric = [f.name for f in fmt.own_fields if f.numeric]
+    base: dict[str, Any] = {"tracepoint": fmt.name, "limits": {"fields": 64}}
+    if numeric:
+        base["filter"] = f"{numeric[0]} != 3 || {numeric[0]} in [3, 4]"
+        if index % 3 == 1:
+            return Subscription.model_validate({**base, "mode": "count", "by": numeric[:2]})
+        if index % 3 == 2:
+            return Subscription.model_validate({**base, "mode": "histogram", "field": numeric[-1]})
+    return Subscription.model_validate(base)
+
+
+def test_generated_programs_of_a_hundred_tracepoints_compile_and_load() -> None:
+    require_bpf()
+    from bcc import BPF
+
+    formats = _hundred_tracepoints()
+    assert len(formats) == 100
+    reader = btf.load_vmlinux()
+    plans = [tracepoint_gen.plan(i, _varied(i, fmt), fmt, reader) for i, fmt in enumerate(formats)]
+    loaded = []
+    for start in (0, 50):
+        chunk = plans[start : start + 50]
+        workdir = Path(os.environ.get("TMPDIR", "/tmp"))
+        source = tracepoint_gen.write(chunk, workdir / f"vigil-hundred-{os.getpid()}-{start}")
+        module = compiler.compile_sources(compiler.module_sources([str(source)]))
+        try:
+            for plan in chunk:
+                function = module.bpf.load_func(plan.function.encode(), BPF.TRACEPOINT)
+                assert function.fd >= 0
+                loaded.append(plan.format.name)
+        finally:
+            module.close()
+            source.unlink()
+    assert len(loaded) == 100
+    modes = {p.subscription.mode for p in plans}
+    assert modes == {"stream", "count", "histogram"}
