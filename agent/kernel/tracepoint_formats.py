@@ -172,6 +172,8 @@ def parse_format(text: str) -> TracepointFormat:
 
 def events_dir(tracefs: Path | None = None) -> Path:
     root = tracefs if tracefs is not None else mounts.ensure_tracefs()
+    if root is None:
+        raise FormatError("tracefs is not mounted and cannot be (run `vigil-agent doctor`)")
     return root / "events"
 
 

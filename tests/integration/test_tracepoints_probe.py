@@ -7,7 +7,6 @@ cgroup it made) and checks the decoded values against what it knows.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -47,7 +46,7 @@ def _signals_to(pid: int) -> Any:
 
 def test_signal_to_a_child_is_one_event_with_its_number_and_pid() -> None:
     config = _config({"tracepoint": "signal:signal_generate", "fields": ["sig", "pid"]})
-    with running(config, ["tracepoints"]) as (agent, sink):
+    with running(config, ["tracepoints"]) as (_agent, sink):
         child = subprocess.Popen(["sleep", "30"])
         try:
             os.kill(child.pid, signal.SIGUSR1)  # sleep's default action: terminate
@@ -95,7 +94,7 @@ def test_filter_drops_in_the_kernel() -> None:
 def test_fork_count_per_cgroup_equals_the_forks_made_there() -> None:
     forks = 37
     config = _config({"tracepoint": "sched:sched_process_fork", "mode": "count"})
-    with running(config, ["tracepoints"]) as (agent, sink), scratch_cgroup() as cgroup:
+    with running(config, ["tracepoints"]) as (agent, _sink), scratch_cgroup() as cgroup:
         cgroup_id = cgroup.stat().st_ino
         # Each /bin/true is one fork of the shell, inside the cgroup; `wait` keeps
         # the last one from being exec'd in place of the shell.
@@ -118,7 +117,7 @@ def test_histogram_of_a_field_per_cgroup() -> None:
     config = _config(
         {"tracepoint": "sched:sched_process_fork", "mode": "histogram", "field": "child_pid"}
     )
-    with running(config, ["tracepoints"]) as (agent, sink), scratch_cgroup() as cgroup:
+    with running(config, ["tracepoints"]) as (agent, _sink), scratch_cgroup() as cgroup:
         cgroup_id = cgroup.stat().st_ino
         child = spawn(
             ["sh", "-c", "/bin/true & echo $!; wait"], cgroup=cgroup, stdout=subprocess.PIPE
@@ -143,7 +142,7 @@ def test_data_loc_string_decodes_to_the_exact_path(tmp_path: Path) -> None:
             "limits": {"stringBytes": 512},
         }
     )
-    with running(config, ["tracepoints"]) as (agent, sink), scratch_cgroup() as cgroup:
+    with running(config, ["tracepoints"]) as (_agent, sink), scratch_cgroup() as cgroup:
         cgroup_id = cgroup.stat().st_ino
         child = spawn([str(program)], cgroup=cgroup)
         assert child.wait(timeout=10) == 0
@@ -172,8 +171,7 @@ def test_string_filter_prefix_in_the_kernel(tmp_path: Path) -> None:
             "limits": {"stringBytes": 256},
         }
     )
-    with running(config, ["tracepoints"]) as (agent, sink), scratch_cgroup() as cgroup:
-        cgroup_id = cgroup.stat().st_ino
+    with running(config, ["tracepoints"]) as (_agent, sink), scratch_cgroup() as cgroup:
         spawn([str(tmp_path / "no")], cgroup=cgroup).wait(timeout=10)
         yes = spawn([str(inside / "yes")], cgroup=cgroup)
         yes.wait(timeout=10)
