@@ -138,6 +138,9 @@ class Supervisor:
                 continue
             attached.append(probe)
             self.probes[probe.name] = probe
+            scope = probe.policy_scope()
+            if scope is not None:
+                self._selection.add_scope(module.compiled.bpf, *scope)
             report.attached.append(probe.name)
         module.probes = attached
         if attached:

@@ -191,6 +191,14 @@ class TracepointsProbe(Probe):
     def source_file(self) -> str:
         return str(self._source)
 
+    def policy_scope(self) -> tuple[bytes, dict[str, int]] | None:
+        bits: dict[str, int] = {}
+        for plan in self.plans:
+            policy = plan.subscription.policy
+            if policy is not None:
+                bits[policy] = bits.get(policy, 0) | 1 << plan.index
+        return (b"tp_scope", bits) if bits else None
+
     def enabled_hooks(self) -> tuple[Hook, ...]:
         return self._hooks
 

@@ -17,7 +17,6 @@ import shutil
 import struct
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -338,7 +337,7 @@ def test_filter_errors_give_the_position(text: str, position: int, reason: str) 
 
 
 def test_filter_terms_limit_in_the_settings() -> None:
-    with pytest.raises(ValueError, match="filter has 5 terms, above limits.filterTerms"):
+    with pytest.raises(ValueError, match=r"filter has 5 terms, above limits\.filterTerms"):
         Subscription.model_validate(
             {
                 "tracepoint": "a:b",

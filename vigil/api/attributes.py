@@ -595,9 +595,9 @@ def markdown_table() -> str:
         if attribute.deprecated_by:
             status += f" (deprecated: {attribute.deprecated_by})"
         description = attribute.description.replace("|", "\\|")
+        value_type = attribute.type.replace("|", "\\|")
         lines.append(
-            f"| `{name}` | {attribute.type} | {status} | {', '.join(attribute.on)} "
-            f"| {description} |"
+            f"| `{name}` | {value_type} | {status} | {', '.join(attribute.on)} | {description} |"
         )
     return "\n".join(lines) + "\n"
 
