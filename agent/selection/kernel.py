@@ -18,6 +18,7 @@ tick), and only the differences are written.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import threading
@@ -174,10 +175,8 @@ class KernelSelection:
                         self.counters["write_errors"] += 1
                         wanted.pop(cgroup_id, None)
             for cgroup_id in set(old) - set(wanted):
-                try:
+                with contextlib.suppress(KeyError):  # gone already
                     del table[ctypes.c_uint64(cgroup_id)]
-                except KeyError:
-                    pass
             self._scope_bits[key] = wanted
 
     def _apply(self, mode: int, verdicts: dict[int, int]) -> None:
