@@ -7,6 +7,7 @@ cgroup it made) and checks the decoded values against what it knows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -17,13 +18,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent import running, scratch_cgroup, spawn
+from tests.support.agent import CollectingSink, running, scratch_cgroup, spawn
 from tests.support.bpf import require_bpf
 from vigil.agent.kernel import btf, compiler, tracepoint_formats
 from vigil.agent.pipeline.events import Event
 from vigil.agent.probes import tracepoint_gen
 from vigil.agent.probes.tracepoints import EVENTS, TracepointsProbe
-from vigil.api.config import AgentConfig
+from vigil.agent.runtime import Agent
+from vigil.api.config import AgentConfig, parse_text
 from vigil.api.probes.tracepoints import Subscription
 
 pytestmark = pytest.mark.bpf
@@ -249,3 +251,113 @@ def test_generated_programs_of_a_hundred_tracepoints_compile_and_load() -> None:
     assert len(loaded) == 100
     modes = {p.subscription.mode for p in plans}
     assert modes == {"stream", "count", "histogram"}
+
+
+def test_subscriptions_added_and_removed_live_lose_no_process_event(tmp_path: Path) -> None:
+    import yaml
+
+    exec_sub = {"tracepoint": "sched:sched_process_exec", "fields": ["filename", "pid"]}
+    fork_sub = {"tracepoint": "sched:sched_process_fork", "mode": "count"}
+
+    def text(*subs: dict[str, Any]) -> str:
+        tracepoints = {"enabled": bool(subs), "subscriptions": list(subs)}
+        return yaml.safe_dump({"probes": {"process": {}, "tracepoints": tracepoints}})
+
+    require_bpf()
+    sink = CollectingSink()
+    agent = Agent(parse_text(text(), source="test"), sinks=[sink])  # probes from the config
+    agent.start()
+    with contextlib.ExitStack() as stack:
+        stack.callback(agent.stop)
+        cgroup = stack.enter_context(scratch_cgroup())
+        cgroup_id = cgroup.stat().st_ino
+        stop = tmp_path / "stop"
+        script = f"i=0; while [ ! -e {stop} ]; do /bin/true live; i=$((i+1)); done; echo $i"
+        storm = spawn(["sh", "-c", script], cgroup=cgroup, stdout=subprocess.PIPE)
+
+        def execs() -> list[Event]:
+            return sink.matching(
+                lambda e: (
+                    e.kind == "process.exec" and e.attributes.get("process.parent_pid") == storm.pid
+                )
+            )
+
+        def traced() -> list[Event]:
+            return sink.matching(
+                lambda e: (
+                    e.kind == "tracepoint.sched.sched_process_exec"
+                    and e.attributes["vigil.cgroup.id"] == cgroup_id
+                )
+            )
+
+        _wait(lambda: len(execs()) >= 50)
+        assert agent.reload_text(text(exec_sub))
+        assert "tracepoints" in agent.probes
+        _wait(lambda: len(traced()) >= 20)
+        assert agent.reload_text(text(exec_sub, fork_sub))  # recompiled, the old one retired
+        probe = agent.probes["tracepoints"]
+        assert isinstance(probe, TracepointsProbe)
+        assert len(probe.plans) == 2
+        _wait(lambda: probe.counts(probe.plans[1]).get((cgroup_id,), 0) >= 20)
+        assert agent.reload_text(text())
+        assert "tracepoints" not in agent.probes
+        after_removal = len(traced())
+        time.sleep(0.5)  # execs after the removal too
+        stop.touch()
+        out, _ = storm.communicate(timeout=60)
+        count = int(out)
+        _wait(lambda: len({e.attributes["process.pid"] for e in execs()}) == count, timeout=30)
+        time.sleep(0.3)
+        assert len(traced()) <= after_removal + 5  # only what was in flight at the removal
+        assert {e.attributes["vigil.tracepoint.filename"] for e in traced()} == {"/bin/true"}
+        assert agent.config_counters == {"reloads": 3, "rejected": 0}
+
+
+def _wait(check: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_read_user_string_of_a_syscall_argument(tmp_path: Path) -> None:
+    # syscalls:* taxes every syscall while attached: kept short.
+    target = tmp_path / "opened-by-the-test"
+    target.write_text("x")
+    config = _config(
+        {
+            "tracepoint": "syscalls:sys_enter_openat",
+            "fields": ["filename", "flags"],
+            "readUser": ["filename"],
+            "filter": f'filename == "{target}"',
+            "limits": {"stringBytes": 256},
+        },
+        {"tracepoint": "syscalls:sys_enter_openat", "fields": ["filename"]},
+    )
+    with running(config, ["tracepoints"]) as (_agent, sink):
+        with open(target) as handle:  # noqa: PTH123 (openat is the point)
+            handle.read()
+        events = sink.wait_for(
+            lambda e: e.attributes.get("vigil.tracepoint.filename") == str(target)
+        )
+        raw = sink.wait_for(
+            lambda e: (
+                e.attributes.get("process.pid") == os.getpid()
+                and isinstance(e.attributes.get("vigil.tracepoint.filename"), int)
+            )
+        )
+    assert len(events) == 1
+    assert events[0].attributes["process.pid"] == os.getpid()
+    assert events[0].attributes["vigil.tracepoint.flags"] == os.O_RDONLY | os.O_CLOEXEC
+    assert raw[0].attributes["vigil.tracepoint.filename"] > 0  # the address, not read
+
+
+def test_cli_lists_and_describes_tracepoints(capsys: pytest.CaptureFixture[str]) -> None:
+    from vigil.agent.cli import main
+
+    assert main(["tracepoints", "--filter", "signal:signal_gen"]) == 0
+    assert capsys.readouterr().out.split() == ["signal:signal_generate"]
+    assert main(["tracepoints", "sched:sched_process_exec"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:3] == ["filename", "__data_loc", "char[]"]
+    assert main(["tracepoints", "sched:sched_proces_exec"]) == 2
