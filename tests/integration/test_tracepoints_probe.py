@@ -335,7 +335,7 @@ def test_read_user_string_of_a_syscall_argument(tmp_path: Path) -> None:
         {"tracepoint": "syscalls:sys_enter_openat", "fields": ["filename"]},
     )
     with running(config, ["tracepoints"]) as (_agent, sink):
-        with open(target) as handle:  # noqa: PTH123 (openat is the point)
+        with open(target) as handle:  # openat is the point
             handle.read()
         events = sink.wait_for(
             lambda e: e.attributes.get("vigil.tracepoint.filename") == str(target)
