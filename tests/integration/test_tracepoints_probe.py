@@ -361,3 +361,24 @@ def test_cli_lists_and_describes_tracepoints(capsys: pytest.CaptureFixture[str])
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:3] == ["filename", "__data_loc", "char[]"]
     assert main(["tracepoints", "sched:sched_proces_exec"]) == 2
+
+
+def test_readme_subscriptions_plan_on_this_kernel() -> None:
+    import re
+
+    import yaml
+
+    from vigil.api.config import parse_config
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### The `tracepoints` probe") :]
+    match = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert match is not None
+    config = parse_config(yaml.safe_load(match.group(1)))
+    reader = btf.load_vmlinux()
+    subs = config.probes.tracepoints.subscriptions
+    plans = [
+        tracepoint_gen.plan(i, sub, tracepoint_formats.load(sub.tracepoint), reader)
+        for i, sub in enumerate(subs)
+    ]
+    assert [p.subscription.mode for p in plans] == ["stream", "count", "histogram"]
