@@ -127,8 +127,9 @@ make_venv() {
 main() {
     apt_install python3-bpfcc bpftool iproute2
     # Tests only: never in the image. Debian's unit is not started (policy-rc.d);
-    # the test runs its own server on 127.0.0.1.
-    [ "${VIGIL_SETUP_NO_DEV:-0}" = "1" ] || apt_install prometheus
+    # the test runs its own server on 127.0.0.1. gcc: tests build workloads and
+    # run the tracepoint generator's C (tests/unit/test_tracepoint_gen.py).
+    [ "${VIGIL_SETUP_NO_DEV:-0}" = "1" ] || apt_install prometheus gcc
     prepare_headers
     mount_tracefs
     make_venv
