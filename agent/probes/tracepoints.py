@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vigil.agent.kernel import btf, tracepoint_formats
+from vigil.agent.kernel import btf, compiler, tracepoint_formats
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
 from vigil.agent.pipeline.samples import MetricPoint, MetricSpec
@@ -233,10 +233,15 @@ class TracepointsProbe(Probe):
         self.bpf = bpf
         self.configure(bpf)
         for plan, hook in zip(self.plans, self._hooks, strict=True):
+            log_lines: list[str] = []
             try:
-                self._attached.append((hook, _attach_hook(bpf, hook)))
-            except Exception as exc:  # bcc raises bare Exception with the verifier's log
-                self._problem(plan.index, f"cannot load or attach: {exc}")
+                with compiler.captured_stderr() as log_lines:
+                    fd = _attach_hook(bpf, hook)
+                self._attached.append((hook, fd))
+            except Exception as exc:  # bcc raises a bare Exception; the verifier writes to fd 2
+                verifier = "".join(log_lines).strip().splitlines()[-12:]
+                detail = ("\n" + "\n".join(verifier)) if verifier else ""
+                self._problem(plan.index, f"cannot load or attach: {exc}{detail}")
         if not self._attached:
             raise ProbeError(
                 "probe tracepoints: no subscription attached: "
