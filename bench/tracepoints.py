@@ -58,6 +58,10 @@ def no_tracing() -> Iterator[None]:
     yield
 
 
+# Per vigil run: (records received, dropped in the kernel: ring buffer full or rate limit).
+VIGIL_RECORDS: list[tuple[int, int]] = []
+
+
 def vigil(config: Path) -> Variant:
     @contextlib.contextmanager
     def run() -> Iterator[None]:
@@ -66,6 +70,8 @@ def vigil(config: Path) -> Variant:
             if "tracepoints" not in agent.stderr.split("ready:")[-1]:
                 raise RuntimeError(f"the tracepoints probe did not attach: {agent.stderr}")
             yield
+        counters = agent.counters.get("tracepoints", {})
+        VIGIL_RECORDS.append((counters.get("received", 0), counters.get("dropped_kernel", 0)))
 
     return run
 
@@ -143,6 +149,7 @@ def compare(
     stats_runs: int,
 ) -> None:
     order_names = list(variants)
+    VIGIL_RECORDS.clear()
     seconds: dict[str, list[float]] = {name: [] for name in order_names}
     for run in range(runs):
         order = order_names[run % len(order_names) :] + order_names[: run % len(order_names)]
@@ -166,6 +173,10 @@ def compare(
         ratios = [t / b for t, b in zip(seconds[name], base, strict=True)]
         print(f"  {name:<9} slowdown (paired):   {spread(ratios)}")
         print(f"  {name:<9} BPF ns / event:      {spread(per_event[name], '{:.0f}')}")
+    received = [float(r) for r, _ in VIGIL_RECORDS]
+    dropped = [float(d) for _, d in VIGIL_RECORDS]
+    print(f"  vigil records received / run:  {spread(received, '{:.0f}')}")
+    print(f"  vigil dropped in the kernel:   {spread(dropped, '{:.0f}')}")
     vs = [v / b for v, b in zip(seconds["vigil"], seconds["bpftrace"], strict=True)]
     print(f"  vigil / bpftrace time (paired): {spread(vs)}\n", flush=True)
 
