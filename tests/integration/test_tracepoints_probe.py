@@ -382,3 +382,42 @@ def test_readme_subscriptions_plan_on_this_kernel() -> None:
         for i, sub in enumerate(subs)
     ]
     assert [p.subscription.mode for p in plans] == ["stream", "count", "histogram"]
+
+
+def test_rate_limit_keeps_the_first_events_and_counts_the_rest() -> None:
+    # The budget is per CPU and per second: the test pins itself to one CPU and
+    # sends its 50 signals well within a second; the filter (before the limit)
+    # keeps other senders' signals out of this subscription's budget.
+    sent, limit = 50, 5
+    child = subprocess.Popen(["sh", "-c", "trap '' USR1; sleep 30"])
+    time.sleep(0.3)  # the trap is set
+    config = _config(
+        {
+            "tracepoint": "signal:signal_generate",
+            "fields": ["sig", "pid"],
+            "filter": f"pid == {child.pid} && sig == 10",
+            "rateLimit": limit,
+        }
+    )
+    affinity = os.sched_getaffinity(0)
+    try:
+        with running(config, ["tracepoints"]) as (agent, sink):
+            os.sched_setaffinity(0, {min(affinity)})
+            for _ in range(sent):
+                os.kill(child.pid, signal.SIGUSR1)
+            os.sched_setaffinity(0, affinity)
+            sink.wait_for(_signals_to(child.pid), count=limit)
+            time.sleep(0.3)
+            events = sink.matching(_signals_to(child.pid))
+            probe = agent.probes["tracepoints"]
+            assert isinstance(probe, TracepointsProbe)
+            probe.read_kernel_drops()
+            limited = probe.rate_limited[0]
+            dropped = agent.counters()["tracepoints"]["dropped_kernel"]
+    finally:
+        os.sched_setaffinity(0, affinity)
+        child.kill()
+        child.wait()
+    assert len(events) == limit
+    assert limited == sent - limit
+    assert dropped == sent - limit  # exported as the probe's kernel drops
