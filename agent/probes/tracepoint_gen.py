@@ -393,7 +393,14 @@ def generate(plans: Sequence[Plan], scope_bits: dict[int, int] | None = None) ->
     ]
     for p in plans:
         parts.append(_program(p, sections, (scope_bits or {}).get(p.index)))
+    if any(p.subscription.mode != "stream" for p in plans):
+        parts.append(sections["retire"].substitute())
     return "".join(parts)
+
+
+# What the `retire` part reads (VIGIL_ON_CGROUP_RMDIR in vigil.h), from BTF.
+RETIRE_MEMBERS = ("cgroup.kn", "cgroup.root", "cgroup_root.hierarchy_id", "kernfs_node.id")
+RETIRE_FUNCTION = "vigil_tp_rmdir"
 
 
 def write(plans: Sequence[Plan], directory: Path, scope_bits: dict[int, int] | None = None) -> Path:

@@ -19,6 +19,7 @@ others run.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import shutil
@@ -133,6 +134,8 @@ class TracepointsProbe(Probe):
     name: ClassVar[str] = "tracepoints"
     source: ClassVar[str] = "tracepoint.bpf.c.in"  # a template: see source_file()
     hooks: ClassVar[tuple[Hook, ...]] = ()  # one per valid subscription: enabled_hooks()
+    # Read by the cgroup_rmdir program that retires removed cgroups' aggregates.
+    members: ClassVar[tuple[str, ...]] = tracepoint_gen.RETIRE_MEMBERS
     ring_buffers: ClassVar[tuple[str, ...]] = ("tp_events",)
     drops_map: ClassVar[str | None] = "tp_drops"
 
@@ -179,6 +182,12 @@ class TracepointsProbe(Probe):
         scope = {p.index: p.index for p in self.plans if p.subscription.policy is not None}
         self._source = tracepoint_gen.write(self.plans, self._workdir, scope)
         self._hooks = tuple(Hook("tracepoint", p.format.name, p.function) for p in self.plans)
+        self._aggregates = [p for p in self.plans if p.subscription.mode != "stream"]
+        self._retire_hook = (
+            Hook("raw_tracepoint", "cgroup:cgroup_rmdir", tracepoint_gen.RETIRE_FUNCTION)
+            if self._aggregates
+            else None
+        )
 
     def _describe(self, index: int) -> str:
         sub = self.config.subscriptions[index]
@@ -200,7 +209,7 @@ class TracepointsProbe(Probe):
         return (b"tp_scope", bits) if bits else None
 
     def enabled_hooks(self) -> tuple[Hook, ...]:
-        return self._hooks
+        return self._hooks if self._retire_hook is None else (*self._hooks, self._retire_hook)
 
     def defines(self) -> dict[str, int | str]:
         return {
@@ -242,6 +251,11 @@ class TracepointsProbe(Probe):
                 verifier = "".join(log_lines).strip().splitlines()[-12:]
                 detail = ("\n" + "\n".join(verifier)) if verifier else ""
                 self._problem(plan.index, f"cannot load or attach: {exc}{detail}")
+        if self._attached and self._retire_hook is not None:
+            try:
+                self._attached.append((self._retire_hook, _attach_hook(bpf, self._retire_hook)))
+            except Exception as exc:  # aggregates still work; removed cgroups stay in the maps
+                log.error("probe tracepoints: cgroup_rmdir not attached: %s", exc)
         if not self._attached:
             raise ProbeError(
                 "probe tracepoints: no subscription attached: "
@@ -281,15 +295,36 @@ class TracepointsProbe(Probe):
     # -- kernel aggregates -----------------------------------------------------------------
 
     def collect(self) -> list[MetricPoint]:
-        if self.bpf is None:
+        """Every count and histogram; removed cgroups' once more, then they are deleted.
+
+        The removed cgroups are read BEFORE the snapshot, so each one's last
+        values are in the points returned (as cgroup_maps.release does).
+        """
+        if self.bpf is None or not self._aggregates:
             return []
+        retired_table = self.bpf[b"tp_retired"]
+        retired = {int(key.value) for key in retired_table}
         points: list[MetricPoint] = []
-        for plan in self.plans:
+        for plan in self._aggregates:
             if plan.subscription.mode == "count":
                 points += self._counts(plan)
-            elif plan.subscription.mode == "histogram":
+            else:
                 points += self._histograms(plan)
+        if retired:
+            self._release(retired)
         return points
+
+    def _release(self, retired: set[int]) -> None:
+        for plan in self._aggregates:
+            kind = "counts" if plan.subscription.mode == "count" else "buckets"
+            table = self.bpf[f"tp{plan.index}_{kind}".encode()]
+            for key in [k for k in table.keys() if int(k.cgroup_id) in retired]:  # noqa: SIM118
+                with contextlib.suppress(KeyError):
+                    del table[key]
+        table = self.bpf[b"tp_retired"]
+        for cgroup_id in retired:
+            with contextlib.suppress(KeyError):
+                del table[table.Key(cgroup_id)]
 
     def counts(self, plan: tracepoint_gen.Plan) -> dict[tuple[AttributeValue, ...], int]:
         """(cgroup id, *by values) -> hits, summed over CPUs."""

@@ -239,7 +239,9 @@ def test_generated_programs_of_a_hundred_tracepoints_compile_and_load() -> None:
         chunk = plans[start : start + 50]
         workdir = Path(os.environ.get("TMPDIR", "/tmp"))
         source = tracepoint_gen.write(chunk, workdir / f"vigil-hundred-{os.getpid()}-{start}")
-        module = compiler.compile_sources(compiler.module_sources([str(source)]))
+        module = compiler.compile_sources(
+            compiler.module_sources([str(source)]), members=TracepointsProbe.members
+        )
         try:
             for plan in chunk:
                 function = module.bpf.load_func(plan.function.encode(), BPF.TRACEPOINT)
@@ -421,3 +423,24 @@ def test_rate_limit_keeps_the_first_events_and_counts_the_rest() -> None:
     assert len(events) == limit
     assert limited == sent - limit
     assert dropped == sent - limit  # exported as the probe's kernel drops
+
+
+def test_removed_cgroup_is_reported_once_more_then_forgotten() -> None:
+    config = _config({"tracepoint": "sched:sched_process_fork", "mode": "count"})
+    with running(config, ["tracepoints"]) as (agent, _sink):
+        probe = agent.probes["tracepoints"]
+        assert isinstance(probe, TracepointsProbe)
+        with scratch_cgroup() as cgroup:
+            cgroup_id = cgroup.stat().st_ino
+            script = "/bin/true; /bin/true; /bin/true; wait"
+            assert spawn(["sh", "-c", script], cgroup=cgroup).wait(timeout=30) == 0
+        # The directory is gone: its count is in the next collect, then no more.
+
+        def points() -> list[Any]:
+            return [p for p in probe.collect() if p.attributes["vigil.cgroup.id"] == cgroup_id]
+
+        last = points()
+        again = points()
+    assert [p.value for p in last] == [3]
+    assert again == []
+    assert (cgroup_id,) not in probe.counts(probe.plans[0])
