@@ -344,3 +344,33 @@ def test_filter_terms_limit_in_the_settings() -> None:
                 "limits": {"filterTerms": 4},
             }
         )
+
+
+def _btf(sig_offset: int) -> Any:
+    from tests.support.btf_builder import BTFBuilder
+    from vigil.agent.kernel import btf
+
+    builder = BTFBuilder()
+    int_id = builder.int_("int", 4, encoding=1)
+    u32 = builder.int_("unsigned int", 4)
+    builder.struct(
+        "trace_event_raw_signal_generate",
+        16,
+        [("sig", int_id, sig_offset * 8), ("__data_loc_comm", u32, 12 * 8)],
+    )
+    return btf.BTF.from_bytes(builder.build())
+
+
+def test_format_offsets_are_checked_against_btf_where_it_has_the_struct() -> None:
+    sub = Subscription.model_validate({"tracepoint": "signal:signal_generate", "fields": ["sig"]})
+    fmt = _format(SIG, COMM, ARGV)  # the format file says sig is at 8
+    tracepoint_gen.plan(0, sub, fmt, _btf(8))  # BTF agrees
+    with pytest.raises(tracepoint_gen.SubscriptionError) as caught:
+        tracepoint_gen.plan(0, sub, fmt, _btf(16))
+    assert "format file says offset 8, BTF's trace_event_raw_signal_generate says 16" in str(
+        caught.value
+    )
+    other = TracepointFormat("signal", "other_event", 1, (SIG,))  # no struct of its name
+    tracepoint_gen.plan(
+        0, sub.model_copy(update={"tracepoint": "signal:other_event"}), other, _btf(16)
+    )
