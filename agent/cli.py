@@ -69,7 +69,56 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check kernel features, privileges and offsets")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+
+    tracepoints = commands.add_parser(
+        "tracepoints",
+        help="list this kernel's tracepoints, or one tracepoint's fields (for subscriptions)",
+    )
+    tracepoints.add_argument(
+        "tracepoint", nargs="?", help="subsystem:event: print its fields and how vigil reads them"
+    )
+    tracepoints.add_argument(
+        "--filter", metavar="TEXT", help="only tracepoints whose name contains TEXT (e.g. sched)"
+    )
     return parser
+
+
+_READS = {
+    "scalar": "integer",
+    "pointer": "integer (address; not dereferenced)",
+    "string": "string",
+    "data_loc": "string",
+    "rel_loc": "string",
+    "array": "integer array",
+    "opaque": "not readable",
+}
+
+
+def _tracepoints(args: argparse.Namespace) -> int:
+    from vigil.agent.kernel import tracepoint_formats as formats
+
+    try:
+        if args.tracepoint is None:
+            names = formats.available()
+            shown = [n for n in names if args.filter is None or args.filter in n]
+            print("\n".join(shown))
+            print(f"{len(shown)} of {len(names)} tracepoints", file=sys.stderr)
+            return 0
+        fmt = formats.load(args.tracepoint)
+    except formats.FormatError as exc:
+        log.error("%s", exc)
+        return 2
+    print(f"{fmt.name} (events of kind tracepoint.{fmt.subsystem}.{fmt.event})")
+    for field in fmt.own_fields:
+        reads = _READS[field.kind]
+        if field.kind in ("data_loc", "rel_loc") and not field.textual:
+            reads = "bytes (hex)"
+        if field.user_string:
+            reads += "; readUser: string from user memory"
+        print(f"  {field.name:<24} {field.ctype:<28} {reads}")
+    if fmt.subsystem in ("syscalls", "raw_syscalls"):
+        print("note: syscalls tracepoints tax every syscall of every task while attached")
+    return 0
 
 
 def _sinks(output: str) -> list[Sink]:
@@ -230,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vigil.agent import doctor
 
         return doctor.main(as_json=args.json)
+    if args.command == "tracepoints":
+        return _tracepoints(args)
     return _run(args)
 
 

@@ -108,7 +108,7 @@ class Supervisor:
         defines: dict[str, int | str] = {}
         for probe in probes:
             defines.update(probe.defines())
-        sources = compiler.module_sources(probe.source for probe in probes)
+        sources = compiler.module_sources(probe.source_file() for probe in probes)
         return compiler.compile_sources(sources, offsets=offsets, defines=defines)
 
     def _compile_isolating_failures(
@@ -138,6 +138,9 @@ class Supervisor:
                 continue
             attached.append(probe)
             self.probes[probe.name] = probe
+            scope = probe.policy_scope()
+            if scope is not None:
+                self._selection.add_scope(module.compiled.bpf, *scope)
             report.attached.append(probe.name)
         module.probes = attached
         if attached:

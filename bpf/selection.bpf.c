@@ -28,6 +28,7 @@
 #define VIGIL_PROBE_SYSCALLS (1 << 3)
 #define VIGIL_PROBE_OOM (1 << 4)
 #define VIGIL_PROBE_PROCESS_STATE (1 << 5)
+#define VIGIL_PROBE_TRACEPOINTS (1 << 6)
 #define VIGIL_SELECTED_MAX 65536
 
 struct vigil_cgroup_selection {

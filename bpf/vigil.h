@@ -165,4 +165,48 @@ static __always_inline u32 vigil_log2_slot(u64 v)
     return bits < VIGIL_LOG2_SLOTS ? bits : VIGIL_LOG2_SLOTS - 1;
 }
 
+/* Tracepoint subscriptions (the `tracepoints` probe). Their programs are
+ * generated from each event's format file (agent/probes/tracepoint_gen.py
+ * fills bpf/tracepoint.bpf.c.in); what they share is here.
+ *
+ * Every streamed record starts with this header; the subscription's fields
+ * follow at offsets the generator chose (8-byte values first, then byte
+ * arrays rounded to 8), the same layout its decoder reads. */
+struct vigil_tp_header {
+    u64 ts;           /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u64 cgroup_id;    /* bpf_get_current_cgroup_id() */
+    u32 tgid;         /* process id */
+    u32 pid;          /* thread id */
+    char comm[VIGIL_COMM_LEN];
+    u32 subscription; /* index of the subscription in the probe's settings */
+    u32 reserved;
+};
+
+/* A per-CPU budget of `limit` events per second (one-second windows). */
+struct vigil_rate {
+    u64 window_ns;
+    u64 count;
+};
+
+static __always_inline bool vigil_rate_allow(struct vigil_rate *rate, u64 now, u64 limit)
+{
+    if (now - rate->window_ns >= 1000000000ULL) {
+        rate->window_ns = now;
+        rate->count = 0;
+    }
+    if (rate->count >= limit)
+        return false;
+    rate->count++;
+    return true;
+}
+
+/* Where a __data_loc field's data starts: the u32 at `offset` holds
+ * (length << 16 | offset from the record's start). __rel_loc counts the
+ * offset from the end of that u32 instead. */
+#define VIGIL_TP_DATA_LOC(ctx, offset) \
+    ((const char *)(ctx) + (*(const u32 *)((const char *)(ctx) + (offset)) & 0xFFFF))
+#define VIGIL_TP_REL_LOC(ctx, offset) \
+    ((const char *)(ctx) + (offset) + 4 + (*(const u32 *)((const char *)(ctx) + (offset)) & 0xFFFF))
+#define VIGIL_TP_LOC_LEN(ctx, offset) (*(const u32 *)((const char *)(ctx) + (offset)) >> 16)
+
 #endif /* VIGIL_H */

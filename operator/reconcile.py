@@ -27,6 +27,8 @@ Merging rules (README, "Who may set what"):
   `x-vigil-merge` hint ("max", "min", "union", "any", "all") if its settings model gives
   one, else by type: numbers take the max, booleans any-true, sequences the union;
   anything else takes the value of the first policy in the order above.
+- tracepoints: every policy's subscriptions, a namespaced one's too, each bound to its
+  policy (`policy`: namespace/name, or name), so it emits for that policy's pods only.
 - Export (cluster policies): spans (metrics) are on if any policy asks for them, off if
   the policies that say anything all say off, else the base's; span sampling is the
   highest asked for.
@@ -75,7 +77,11 @@ def render(policies: Iterable[Policy], base: AgentConfig | None = None) -> Agent
     for name, settings in SETTINGS_MODELS.items():
         current = getattr(base.probes, name)
         parameters = [
-            params for p in cluster for probe, params in iter_parameters(p) if probe == name
+            # Subscriptions only add, each for its own policy's pods: a tenant's too.
+            _scoped(params, p) if name == "tracepoints" else params
+            for p in (ordered if name == "tracepoints" else cluster)
+            for probe, params in iter_parameters(p)
+            if probe == name
         ]
         if not parameters:
             probes[name] = current
@@ -94,6 +100,21 @@ def render(policies: Iterable[Policy], base: AgentConfig | None = None) -> Agent
             "policies": tuple(applied(p) for p in ordered),
         }
     )
+
+
+def _scoped(parameters: BaseModel, policy: Policy) -> BaseModel:
+    """A policy's tracepoint subscriptions, each bound to that policy's pods.
+
+    The agent emits a bound subscription only for cgroups its policy selects
+    (in the kernel, vigil.agent.selection.kernel.add_scope), so a namespaced
+    ProbePolicy never observes pods outside its namespace and selector.
+    """
+    subscriptions = getattr(parameters, "subscriptions", None)
+    if not subscriptions:
+        return parameters
+    key = f"{policy.namespace}/{policy.metadata.name}" if policy.namespace else policy.metadata.name
+    bound = tuple(_with(sub, policy=key) for sub in subscriptions)
+    return _with(parameters, subscriptions=bound)
 
 
 def to_yaml(config: AgentConfig) -> str:

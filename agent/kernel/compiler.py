@@ -111,6 +111,10 @@ def _captured_stderr() -> Iterator[list[str]]:
             out.append(sink.read().decode(errors="replace"))
 
 
+# Public for loaders outside this module (the verifier's log of a refused program).
+captured_stderr = _captured_stderr
+
+
 @dataclass(slots=True)
 class CompiledModule:
     """A loaded bcc module and what went into it."""

@@ -100,6 +100,18 @@ class Probe(abc.ABC):
         self.bpf: Any = None
         self._attached: list[tuple[Hook, int]] = []  # each hook with its link's fd
 
+    def source_file(self) -> str:
+        """The C file compiled for this instance: `source` in bpf/, or a generated file's path."""
+        return self.source
+
+    def policy_scope(self) -> tuple[bytes, dict[str, int]] | None:
+        """(map, policy name -> bits) when some programs emit only for their policy's cgroups.
+
+        The selection writes the OR of the bits of the policies selecting each cgroup
+        into that map (cgroup id -> u64); see KernelSelection.add_scope.
+        """
+        return None
+
     def defines(self) -> dict[str, int | str]:
         """Compile-time constants (sizes); everything else goes through maps."""
         return {}

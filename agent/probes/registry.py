@@ -18,6 +18,7 @@ PROBES: dict[str, str] = {
     "syscalls": "vigil.agent.probes.syscalls:SyscallsProbe",
     "oom": "vigil.agent.probes.oom:OomProbe",
     "process_state": "vigil.agent.probes.process_state:ProcessStateProbe",
+    "tracepoints": "vigil.agent.probes.tracepoints:TracepointsProbe",
 }
 
 

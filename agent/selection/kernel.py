@@ -24,6 +24,7 @@ change or when the cgroup table, the pod cache or the namespace labels move
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import threading
@@ -46,6 +47,7 @@ PROBE_BITS: dict[str, int] = {
     "syscalls": 1 << 3,
     "oom": 1 << 4,
     "process_state": 1 << 5,
+    "tracepoints": 1 << 6,
 }
 ALL_PROBES = (1 << 32) - 1
 # A cgroup's entry: (probe bits, argv bytes; 0 = the node's).
@@ -85,6 +87,9 @@ class KernelSelection:
         self._entries: dict[int, Entry] = {}  # what every module's map holds
         self._generation: tuple[int, int, int] | None = None
         self._dirty = False
+        # Modules with a policy-scope map (the tracepoints probe): bpf -> (map, policy -> bits).
+        self._scoped: dict[int, tuple[Any, bytes, dict[str, int]]] = {}
+        self._scope_bits: dict[int, dict[int, int]] = {}  # id(bpf) -> what its map holds
         self.counters: dict[str, int] = {
             "syncs": 0,
             "sync_errors": 0,
@@ -118,6 +123,21 @@ class KernelSelection:
         """A module about to be closed."""
         with self._lock:
             self._modules = [module for module in self._modules if module is not bpf]
+            self._scoped.pop(id(bpf), None)
+            self._scope_bits.pop(id(bpf), None)
+
+    def add_scope(self, bpf: Any, map_name: bytes, bits: dict[str, int]) -> None:
+        """Keep `map_name` of `bpf` (cgroup id -> u64) holding, per cgroup, the OR of
+        `bits[policy]` over the policies that select it ("namespace/name" or "name").
+
+        Policy-scoped programs (the tracepoints probe's subscriptions from a policy)
+        emit only where their bit is set: a cgroup not judged yet is out of their
+        scope, so a namespaced policy never sees a pod that is not its own.
+        """
+        with self._lock:
+            self._scoped[id(bpf)] = (bpf, map_name, dict(bits))
+            self._scope_bits[id(bpf)] = {}
+            self._dirty = True
 
     def sync(self) -> None:
         """Recompute the entries when anything they depend on moved; write the differences.
@@ -132,6 +152,7 @@ class KernelSelection:
             try:
                 mode, entries = self._desired()
                 self._apply(mode, entries)
+                self._apply_scopes()
             except Exception:
                 self.counters["sync_errors"] += 1
                 if self.counters["sync_errors"] == 1:
@@ -161,6 +182,42 @@ class KernelSelection:
                 continue  # no entry: let through, user space decides once the pod is known
             entries[cgroup_id] = entry_of(matched, policies)
         return mode, entries
+
+    def _apply_scopes(self) -> None:
+        if not self._scoped:
+            return
+        cgroups = self._resolver.cgroups
+        policies = self._policies.policies
+        matched_by_cgroup: dict[int, set[str]] = {}
+        if cgroups is not None:
+            for cgroup_id in cgroups.live_ids():
+                matched, _ = match_subject(
+                    policies, self._resolver.subject(cgroup_id), self._resolver.namespace_labels
+                )
+                if matched:
+                    matched_by_cgroup[cgroup_id] = {policy.name for policy in matched}
+        for key, (bpf, map_name, bits) in self._scoped.items():
+            wanted: dict[int, int] = {}
+            for cgroup_id, names in matched_by_cgroup.items():
+                value = 0
+                for name in names:
+                    value |= bits.get(name, 0)
+                if value:
+                    wanted[cgroup_id] = value
+            old = self._scope_bits[key]
+            table = bpf[map_name]
+            for cgroup_id, value in wanted.items():
+                if old.get(cgroup_id) != value:
+                    try:
+                        table[ctypes.c_uint64(cgroup_id)] = ctypes.c_uint64(value)
+                        self.counters["writes"] += 1
+                    except Exception:  # full: that cgroup stays out of scope
+                        self.counters["write_errors"] += 1
+                        wanted.pop(cgroup_id, None)
+            for cgroup_id in set(old) - set(wanted):
+                with contextlib.suppress(KeyError):  # gone already
+                    del table[ctypes.c_uint64(cgroup_id)]
+            self._scope_bits[key] = wanted
 
     def _apply(self, mode: int, entries: dict[int, Entry]) -> None:
         old = self._entries

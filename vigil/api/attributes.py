@@ -36,7 +36,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-ValueType = Literal["str", "int", "bool", "float", "list[str]"]
+# "int | str | list[str]": a template whose keys carry values of the kernel's types
+# (vigil.tracepoint.<field>: integers, strings, integer arrays as lists of decimals).
+ValueType = Literal["str", "int", "bool", "float", "list[str]", "int | str | list[str]"]
 Status = Literal["stable", "development", "vigil", "other"]
 Where = Literal["event", "span", "metric", "resource", "internal"]
 
@@ -578,6 +580,32 @@ VIGIL_OOM_TRIGGER_CGROUP_ID: Final = _key(
     "vigil.oom.trigger.cgroup.id", "int", "vigil", _E, "That process's cgroup v2 id"
 )
 
+# -- vigil: tracepoints probe (subscriptions) -------------------------------------------------
+
+VIGIL_TRACEPOINT_TEMPLATE: Final = _key(
+    "vigil.tracepoint",
+    "int | str | list[str]",
+    "vigil",
+    _EM,
+    "Field <key> of a subscribed tracepoint's record (events of kind tracepoint.<subsystem>."
+    "<event>; on vigil.tracepoint.events the `by` fields): integers as integers, strings as "
+    "strings, byte arrays as hex, other integer arrays as lists of decimals",
+    template=True,
+)
+VIGIL_SUBSCRIPTION_TRACEPOINT: Final = _key(
+    "vigil.subscription.tracepoint",
+    "str",
+    "vigil",
+    _M,
+    "The subscribed tracepoint (subsystem:event) a vigil.tracepoint.* metric point counts",
+)
+
+
+def vigil_tracepoint_field(field: str) -> str:
+    """The key of tracepoint field `field`: vigil.tracepoint.<field>."""
+    return f"{VIGIL_TRACEPOINT_TEMPLATE}.{field}"
+
+
 # -- the OTLP resource -------------------------------------------------------------------------
 
 SERVICE_NAME: Final = _key("service.name", "str", "stable", _R, "vigil-agent")
@@ -659,6 +687,8 @@ def find(key: str) -> Attribute | None:
 
 
 def _fits(value: object, type_: ValueType) -> bool:
+    if " | " in type_:
+        return any(_fits(value, part) for part in type_.split(" | "))  # type: ignore[arg-type]
     if type_ == "list[str]":
         return isinstance(value, list) and all(type(item) is str for item in value)
     return type(value).__name__ == type_  # bool is not int, int is not float
@@ -695,9 +725,9 @@ def markdown_table() -> str:
         if attribute.deprecated_by:
             status += f" (deprecated: {attribute.deprecated_by})"
         description = attribute.description.replace("|", "\\|")
+        value_type = attribute.type.replace("|", "\\|")
         lines.append(
-            f"| `{name}` | {attribute.type} | {status} | {', '.join(attribute.on)} "
-            f"| {description} |"
+            f"| `{name}` | {value_type} | {status} | {', '.join(attribute.on)} | {description} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -176,6 +176,21 @@ TCP_RETRANSMITS: Final = _metric(
     )
 )
 
+# -- tracepoints --------------------------------------------------------------------------------
+
+# Count mode. Histogram mode exports `vigil.tracepoint.<field>` (log2 buckets, the
+# field's own unit), one metric per subscribed field: named by the user, not here.
+TRACEPOINT_EVENTS: Final = _metric(
+    Metric(
+        "vigil.tracepoint.events",
+        "counter",
+        "{event}",
+        "Hits of a count-mode tracepoint subscription, per cgroup and `by` fields",
+        "tracepoints",
+        (keys.VIGIL_SUBSCRIPTION_TRACEPOINT,),
+    )
+)
+
 # -- runqlat, syscalls, oom -------------------------------------------------------------------
 
 SCHED_RUNQUEUE_LATENCY: Final = _metric(

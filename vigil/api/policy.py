@@ -191,7 +191,7 @@ _probe_fields: dict[str, Any] = {
     name: (model | None, Field(None, description=_summary(SETTINGS_MODELS[name])))
     for name, model in PARAMETER_MODELS.items()
 }
-ProbeName = Literal["process", "tcp", "runqlat", "syscalls", "oom", "processState"]
+ProbeName = Literal["process", "tcp", "runqlat", "syscalls", "oom", "processState", "tracepoints"]
 PolicyProbes: type[ApiModel] = create_model(
     "PolicyProbes",
     __base__=ApiModel,
@@ -276,20 +276,34 @@ class PolicyExport(ApiModel):
 NODE_WIDE = "node-wide: only the base config or a ClusterProbePolicy may set it"
 
 
+# Parameters that are per policy, not per node: each tracepoint subscription is bound
+# to its policy and emits only for the cgroups that policy selects (a scope bit per
+# cgroup in the kernel), so a tenant's subscriptions only add, for its own pods.
+PER_POLICY_PARAMETERS: dict[str, frozenset[str]] = {"tracepoints": frozenset({"subscriptions"})}
+
+
 def _node_wide_parameters() -> dict[str, tuple[str, ...]]:
     """Probe (wire name) -> its parameters (wire names) a ProbePolicy may not set.
 
     process: its argv capture is applied per cgroup (kernel map + decode), so a tenant
-    may raise it; every other probe's parameters are node-wide (one BPF map or compile
-    constant for the node), so a tenant may only turn the probe on for its pods.
+    may raise it; tracepoints: its subscriptions are per policy (PER_POLICY_PARAMETERS);
+    every other parameter is node-wide (one BPF map or compile constant for the node),
+    so a tenant may only turn the probe on for its pods.
     """
-    return {
+    node_wide = {
         to_camel(name): tuple(
-            (info.alias or to_camel(field)) for field, info in model.model_fields.items()
+            wire
+            for field, info in model.model_fields.items()
+            if (wire := info.alias or to_camel(field)) not in PER_POLICY_PARAMETERS.get(name, ())
         )
         for name, model in PARAMETER_MODELS.items()
         if name != "process" and model.model_fields
     }
+    return {probe: fields for probe, fields in node_wide.items() if fields}
+
+
+def _snake(wire: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in wire)
 
 
 def _tenant_validations() -> list[dict[str, Any]]:
@@ -310,11 +324,20 @@ def _tenant_validations() -> list[dict[str, Any]]:
     ]
     for probe, fields in _node_wide_parameters().items():
         has_any = " || ".join(f"has(self.probes.{probe}.{f})" for f in fields)
+        own = sorted(PER_POLICY_PARAMETERS.get(_snake(probe), ()))
+        message = (
+            f"the parameters of {probe} are {NODE_WIDE}; a ProbePolicy turns "
+            f"the probe on for its pods with {probe}: {{}}"
+        )
+        if own:
+            message = (
+                f"{', '.join(fields)} of {probe}: {NODE_WIDE}; a ProbePolicy sets only "
+                f"its own {', '.join(own)}"
+            )
         rules.append(
             {
                 "rule": f"!has(self.probes.{probe}) || self.probes.{probe} == null || !({has_any})",
-                "message": f"the parameters of {probe} are {NODE_WIDE}; a ProbePolicy turns "
-                f"the probe on for its pods with {probe}: {{}}",
+                "message": message,
                 "fieldPath": f".probes.{probe}",
             }
         )

@@ -9,6 +9,7 @@ from vigil.api.probes.process_state import ProcessStateProbe
 from vigil.api.probes.runqlat import RunqlatProbe
 from vigil.api.probes.syscalls import SyscallsProbe
 from vigil.api.probes.tcp import TcpProbe
+from vigil.api.probes.tracepoints import TracepointsProbe
 
 
 class Probes(ApiModel):
@@ -20,6 +21,7 @@ class Probes(ApiModel):
     syscalls: SyscallsProbe = SyscallsProbe()
     oom: OomProbe = OomProbe()
     process_state: ProcessStateProbe = ProcessStateProbe()
+    tracepoints: TracepointsProbe = TracepointsProbe()
 
     def enabled(self) -> list[str]:
         return [name for name in type(self).model_fields if getattr(self, name).enabled]
