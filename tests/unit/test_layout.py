@@ -13,7 +13,7 @@ from its own package; peers on one floor never import each other:
     2  pipeline                              events, samples, seams, reader, dispatcher
     3  probes | enrich | rules               producers and stages
     4  selection | telemetry                 policies over enrich+rules; OTel export
-    5  sinks                                 console, JSON lines, OTLP
+    5  sinks | checks                        console, JSON lines, OTLP; checks over signals
     6  supervisor                            probe lifecycle
     7  runtime | config_watch                the agent; the config file watcher
     8  doctor                                the host check
@@ -48,7 +48,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("vigil.agent.pipeline",),
     ("vigil.agent.probes", "vigil.agent.enrich", "vigil.agent.rules"),
     ("vigil.agent.selection", "vigil.agent.telemetry"),
-    ("vigil.agent.sinks",),
+    ("vigil.agent.sinks", "vigil.agent.checks"),
     ("vigil.agent.supervisor",),
     ("vigil.agent.runtime", "vigil.agent.config_watch"),
     ("vigil.agent.doctor",),

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from vigil.api.base import ApiModel, describe_validation_error
+from vigil.api.checks import Check, CheckSettings, unique_names
 from vigil.api.export import Export
 from vigil.api.policies import AppliedPolicy
 from vigil.api.probes import Probes
@@ -86,6 +87,17 @@ class AgentConfig(ApiModel):
         description="what each accepted policy selects and the rules it carries; "
         "empty: every process on the host is observed, with no rules",
     )
+    checks: tuple[Check, ...] = Field(
+        (),
+        description="node-wide checks, over the default ones (same name: replaced; "
+        "enabled: false: removed)",
+    )
+    check_settings: CheckSettings = CheckSettings()
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_checks(cls, checks: tuple[Check, ...]) -> tuple[Check, ...]:
+        return unique_names(checks)
 
 
 def parse_config(data: object, *, source: str = "config") -> AgentConfig:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vigil.api.base import ApiModel
+from vigil.api.checks import Check, unique_names
 from vigil.api.selectors import LabelSelector
 
 
@@ -49,3 +50,11 @@ class AppliedPolicy(ApiModel):
     probes: tuple[str, ...] = Field((), description="probes this policy asked for")
     filters: Filters = Filters()
     rules: tuple[Rule, ...] = ()
+    checks: tuple[Check, ...] = Field(
+        (), description="checks evaluated only on the pods this policy selects"
+    )
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_checks(cls, checks: tuple[Check, ...]) -> tuple[Check, ...]:
+        return unique_names(checks)
