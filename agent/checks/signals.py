@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.histograms import Log2Histogram
@@ -222,6 +223,8 @@ class Window:
     signals: dict[str, float]
     tally: Tally  # the window's event counts
     runqueue: Log2Histogram | None  # the window's run-queue waits
+    # The kernel counters' increase over the window: retransmits, preemptions, syscall_errors.
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 def _histogram_delta(
@@ -274,6 +277,15 @@ def _tally_delta(now: Tally, before: Tally | None) -> Tally:
     )
 
 
+def _counter(
+    counts: dict[str, int], per_second: float, name: str, now: int, before: int | None
+) -> float:
+    """A kernel counter's increase (a restarted counter's new value) -> rate; kept in counts."""
+    delta = now - before if before is not None and now >= before else now
+    counts[name] = delta
+    return delta * per_second
+
+
 def windows(previous: Snapshot | None, current: Snapshot) -> dict[int, Window]:
     """Each cgroup's signals between two snapshots (from the agent's start when no previous).
 
@@ -297,9 +309,8 @@ def windows(previous: Snapshot | None, current: Snapshot) -> dict[int, Window]:
             kernel_now.runqueue, kernel_before.runqueue if kernel_before else None
         )
 
-        def counter(now: int, before: int | None) -> float:
-            delta = now - before if before is not None and now >= before else now
-            return delta * per_second
+        counts: dict[str, int] = {}
+        counter = partial(_counter, counts, per_second)
 
         values: dict[str, float] = {}
         if "zombies" in have:
@@ -313,17 +324,19 @@ def windows(previous: Snapshot | None, current: Snapshot) -> dict[int, Window]:
         if "runqueue_p99_ms" in have:
             values["runqueue_p99_ms"] = quantile_ms(runqueue, 0.99)
             before = kernel_before.preemptions if kernel_before else None
-            values["preemption_rate"] = counter(kernel_now.preemptions, before)
+            values["preemption_rate"] = counter("preemptions", kernel_now.preemptions, before)
         if "tcp_connection_rate" in have:
             values["tcp_connection_rate"] = tally.tcp_connections * per_second
             values["tcp_failed_connection_rate"] = tally.tcp_failures * per_second
             before = kernel_before.retransmits if kernel_before else None
-            values["tcp_retransmit_rate"] = counter(kernel_now.retransmits, before)
+            values["tcp_retransmit_rate"] = counter("retransmits", kernel_now.retransmits, before)
         if "syscall_error_rate" in have:
             before = kernel_before.syscall_errors if kernel_before else None
-            values["syscall_error_rate"] = counter(kernel_now.syscall_errors, before)
+            values["syscall_error_rate"] = counter(
+                "syscall_errors", kernel_now.syscall_errors, before
+            )
             values["slow_syscall_rate"] = tally.slow_syscalls * per_second
-        out[cgroup_id] = Window(values, tally, runqueue)
+        out[cgroup_id] = Window(values, tally, runqueue, counts)
     return out
 
 
@@ -332,7 +345,10 @@ def merge(parts: Iterable[Window]) -> Window:
     signals: dict[str, float] = {}
     tally = Tally()
     runqueue: Log2Histogram | None = None
+    counts: dict[str, int] = {}
     for part in parts:
+        for name, count in part.counts.items():
+            counts[name] = counts.get(name, 0) + count
         for name, value in part.signals.items():
             signals[name] = signals.get(name, 0.0) + value
         other = part.tally
@@ -349,4 +365,4 @@ def merge(parts: Iterable[Window]) -> Window:
             runqueue = part.runqueue if runqueue is None else runqueue + part.runqueue
     if "runqueue_p99_ms" in signals:
         signals["runqueue_p99_ms"] = quantile_ms(runqueue, 0.99)
-    return Window(signals, tally, runqueue)
+    return Window(signals, tally, runqueue, counts)

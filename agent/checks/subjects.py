@@ -64,7 +64,7 @@ class Member:
     window: Window
 
 
-def _pod_key(member: Member) -> tuple[object, ...]:
+def pod_key(member: Member) -> tuple[object, ...]:
     subject = member.subject
     if isinstance(subject, PodSubject):
         return ("pod", subject.pod.namespace, subject.pod.name)
@@ -79,7 +79,7 @@ def _workload_key(member: Member) -> tuple[object, ...]:
     return ("cgroup", member.cgroup_id)
 
 
-def _label(key: tuple[object, ...]) -> str:
+def subject_label(key: tuple[object, ...]) -> str:
     if key[0] in ("pod", "workload"):
         return f"{key[1]}/{key[2]}"
     if key[0] == "cgroup":
@@ -93,7 +93,7 @@ def group(
     """Subject windows of `kind` (pod | workload | node) from the members' cgroup windows."""
     keyed: Callable[[Member], tuple[object, ...]]
     if kind == "pod":
-        keyed = _pod_key
+        keyed = pod_key
     elif kind == "workload":
         keyed = _workload_key
     else:
@@ -119,7 +119,7 @@ def group(
             attrs[VIGIL_CHECK_WORKLOAD] = str(key[2])
         if node_name:
             attrs[K8S_NODE_NAME] = node_name
-        out.append(SubjectWindow(key, _label(key), attrs, window.signals))
+        out.append(SubjectWindow(key, subject_label(key), attrs, window.signals))
     return out
 
 

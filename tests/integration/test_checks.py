@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support.agent import CollectingSink, running, scratch_cgroup, spawn
+from tests.support.agent import running, scratch_cgroup, spawn
 from vigil.agent.pipeline.events import Event
 from vigil.api.config import parse_config
 
@@ -56,7 +56,12 @@ def test_zombie_pile_fires_after_for_and_resolves_after_reaping() -> None:
         {
             "checkSettings": {"interval": "500ms", "defaults": False},
             "checks": [
-                {"name": "zombies", "expression": "zombies > 2", "for": "2s", "severity": "critical"}
+                {
+                    "name": "zombies",
+                    "expression": "zombies > 2",
+                    "for": "2s",
+                    "severity": "critical",
+                }
             ],
         }
     )
@@ -68,7 +73,8 @@ def test_zombie_pile_fires_after_for_and_resolves_after_reaping() -> None:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        assert parent.stdin is not None and parent.stdout is not None
+        assert parent.stdin is not None
+        assert parent.stdout is not None
         try:
             assert parent.stdout.readline() == b"ready\n"
             piled = time.monotonic()
@@ -82,7 +88,8 @@ def test_zombie_pile_fires_after_for_and_resolves_after_reaping() -> None:
             assert attrs["vigil.check.severity"] == "critical"
             assert attrs["vigil.check.subject"] == f"cgroup {cgroup_id}"
             status = {
-                (p.attributes["vigil.check.subject"]): p.value for p in agent.checks.status.collect()
+                (p.attributes["vigil.check.subject"]): p.value
+                for p in agent.checks.status.collect()
             }
             assert status[f"cgroup {cgroup_id}"] == 2
             assert sink.matching(_check("check.resolved", "zombies", cgroup_id)) == []
@@ -113,7 +120,8 @@ def test_two_zombies_never_fire_a_more_than_two_check() -> None:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        assert parent.stdin is not None and parent.stdout is not None
+        assert parent.stdin is not None
+        assert parent.stdout is not None
         try:
             assert parent.stdout.readline() == b"ready\n"
             intervals = agent.checks.counters["intervals"]

@@ -16,7 +16,7 @@ from its own package; peers on one floor never import each other:
     5  sinks | checks                        console, JSON lines, OTLP; checks over signals
     6  supervisor                            probe lifecycle
     7  runtime | config_watch                the agent; the config file watcher
-    8  doctor                                the host check
+    8  doctor | inspect | top                the host check; the report; the live view
     9  cli                                   the entry point
 
 The events flow kernel -> probes -> pipeline -> enrich -> selection (rules)
@@ -51,7 +51,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("vigil.agent.sinks", "vigil.agent.checks"),
     ("vigil.agent.supervisor",),
     ("vigil.agent.runtime", "vigil.agent.config_watch"),
-    ("vigil.agent.doctor",),
+    ("vigil.agent.doctor", "vigil.agent.inspect", "vigil.agent.top"),
     ("vigil.agent.cli",),
 )
 # The operator stands on the shared models alone and never meets the agent.
