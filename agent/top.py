@@ -104,7 +104,10 @@ def render(
     for name in titles:
         style = "bold reverse" if name == column else "bold"
         table.add_column(
-            Text(name, style=style), justify="left" if name in ("POD/CGROUP", "FIRING") else "right"
+            Text(name, style=style),
+            justify="left" if name in ("POD/CGROUP", "FIRING") else "right",
+            no_wrap=True,  # one line per row, cut with an ellipsis on narrow terminals
+            min_width=24 if name == "POD/CGROUP" else None,
         )
     for line in ordered:
         total, rate, seconds = line.total, line.rate, line.seconds

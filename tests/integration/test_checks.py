@@ -7,19 +7,33 @@ which value, and that it resolves once the condition is gone.
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import IO
 
 import pytest
 
-from tests.support.agent import running, scratch_cgroup, spawn
+from tests.support.agent import memory_cgroup_v1, running, scratch_cgroup, spawn
+from tests.support.bpf import require_bpf
 from vigil.agent.pipeline.events import Event
 from vigil.api.config import parse_config
 
 pytestmark = pytest.mark.bpf
+
+AGENT = str(Path(sys.executable).with_name("vigil-agent"))
 
 # Forks argv[1] children that exit at once and are not reaped until a line on stdin.
 ZOMBIES = textwrap.dedent(
@@ -137,3 +151,145 @@ def test_two_zombies_never_fire_a_more_than_two_check() -> None:
         finally:
             parent.stdin.close()
             parent.wait()
+
+
+# -- OOM kills --------------------------------------------------------------------------------
+
+MiB = 1 << 20
+# Allocates 1 MiB at a time until the OOM killer ends it.
+HOG = "chunks = []\nwhile True:\n    chunks.append(b'x' * (1 << 20))\n"
+
+
+def test_oom_kill_fires_the_default_oom_check_on_the_victims_cgroup() -> None:
+    config = parse_config({"checkSettings": {"interval": "500ms"}})
+    with (
+        running(config, ["process", "oom"]) as (agent, sink),
+        memory_cgroup_v1(32 * MiB) as memory,
+        scratch_cgroup() as cgroup,
+    ):
+        names = [check.name for check in agent.checks.checks]
+        assert "oom-kills" in names
+        assert "zombie-pileup" in names
+        assert "dstate-pileup" not in names  # its probe (process_state) is not running
+        cgroup_id = cgroup.stat().st_ino
+        hog = spawn([sys.executable, "-c", HOG], cgroup=cgroup, also_in=[memory])
+        assert hog.wait(timeout=30) == -9
+        [fired] = sink.wait_for(_check("check.firing", "oom-kills", cgroup_id), timeout=10)
+        assert fired.attributes["vigil.check.value"] == "oom_kills=1"
+        assert fired.attributes["vigil.check.severity"] == "critical"
+        # The next window holds no kill: resolved.
+        [resolved] = sink.wait_for(_check("check.resolved", "oom-kills", cgroup_id), timeout=10)
+        assert resolved.attributes["vigil.check.value"] == "oom_kills=0"
+        [kill] = sink.matching(lambda e: e.kind == "process.oom_kill")
+        assert kill.attributes["vigil.cgroup.id"] == cgroup_id
+
+
+# -- inspect ----------------------------------------------------------------------------------
+
+
+def test_inspect_json_counts_equal_the_workloads_ground_truth() -> None:
+    require_bpf()
+    agent = subprocess.Popen(
+        [AGENT, "inspect", "--duration", "4", "--probes", "process", "--output", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert agent.stderr is not None
+    assert agent.stdout is not None
+    try:
+        _wait_ready(agent.stderr)
+        with scratch_cgroup() as cgroup:
+            cgroup_id = cgroup.stat().st_ino
+            codes = []
+            for args in (
+                ["/bin/sh", "-c", "exit 3"],
+                ["/bin/true"],
+                ["/bin/sh", "-c", "exit 3"],
+                ["/bin/sh", "-c", "kill -9 $$"],
+                ["/bin/false"],
+                ["/bin/true"],
+            ):
+                codes.append(spawn(args, cgroup=cgroup).wait())
+            assert codes == [3, 0, 3, -9, 1, 0]
+            out, _ = agent.communicate(timeout=60)
+    finally:
+        agent.kill()
+        agent.wait()
+    assert agent.returncode == 0
+    report = json.loads(out)
+    [row] = [s for s in report["subjects"] if s["cgroups"] == [cgroup_id]]
+    assert row["execs"] == 6
+    assert row["exits"] == 6
+    assert row["exit_codes"] == {"0": 2, "1": 1, "3": 2, "137": 1}
+    assert row["failed_exits"] == 4
+    assert row["subject"] == f"cgroup {cgroup_id}"
+    assert row["path"] == "/" + cgroup.name
+    assert {c["check"] for c in report["checks"]} >= {"zombie-pileup", "failed-exit-burst"}
+
+
+# -- top --------------------------------------------------------------------------------------
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_top_under_a_pseudo_terminal_shows_the_cgroups_exec_count() -> None:
+    require_bpf()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal's side
+        # rich sizes itself from the terminal; the parent's TIOCSWINSZ may come too late.
+        env = {**os.environ, "COLUMNS": "220", "LINES": "50", "TERM": "xterm"}
+        os.execve(AGENT, [AGENT, "top", "--probes", "process", "--duration", "60"], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 220, 0, 0))
+    screen = _Screen(fd)
+    try:
+        screen.until(lambda text: b"vigil top" in text, timeout=60)
+        with scratch_cgroup() as cgroup:
+            cgroup_id = cgroup.stat().st_ino
+            for _ in range(7):
+                assert spawn(["/bin/true"], cgroup=cgroup).wait() == 0
+            row = re.compile(rb"/" + cgroup.name.encode() + rb" \(%d\)\s+(\d+)\s" % cgroup_id)
+            screen.until(lambda text: any(m == b"7" for m in row.findall(text)), timeout=15)
+            os.write(fd, b"q")
+            _, status = os.waitpid(pid, 0)
+            pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+
+class _Screen:
+    """What the terminal received, without escape sequences."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.text = b""
+
+    def until(self, seen: Callable[[bytes], bool], *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not seen(self.text):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"not on screen in {timeout}s; last: {self.text[-2000:]!r}"
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:
+                    chunk = b""
+                assert chunk, f"top ended; last: {self.text[-2000:]!r}"
+                self.text = ANSI.sub(b"", self.text + chunk)[-200_000:]
+
+
+def _wait_ready(stderr: IO[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if b" ready: " in line:
+            return
+    raise AssertionError(b"no ready line: " + b"".join(lines))
