@@ -2,9 +2,10 @@
 
 Posted from a thread of its own through a bounded queue, so a slow or absent
 API server never delays the checks. At most one Event per (check, pod) per
-`min_interval` seconds: a check flapping every interval costs the API server
-one write a minute, not twelve. What is held back or does not fit the queue is
-counted (`checks: kube_events_*`), never silently lost.
+`min_interval` seconds and transition (firing, resolved): a check flapping
+every interval costs the API server two writes a minute, not twenty-four.
+What is held back or does not fit the queue is counted (`checks:
+kube_events_*`), never silently lost.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class KubeEvents:
         self._api = kubernetes.client.CoreV1Api(api_client)
         self._node = node_name
         self._min_interval = min_interval
-        self._last: dict[tuple[str | None, str, str, str], float] = {}
+        self._last: dict[tuple[str | None, str, str, str, str], float] = {}
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUE)
         self.counters = {
             "kube_events_posted": 0,
@@ -61,7 +62,7 @@ class KubeEvents:
             if not isinstance(namespace, str) or not isinstance(pod, str):
                 continue
             check = transition.check
-            key = (check.policy, check.name, namespace, pod)
+            key = (check.policy, check.name, namespace, pod, transition.state)
             last = self._last.get(key)
             if last is not None and now - last < self._min_interval:
                 self.counters["kube_events_limited"] += 1

@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import re
+import secrets
 import select
 import signal
 import struct
@@ -20,6 +21,7 @@ import sys
 import termios
 import textwrap
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -28,6 +30,7 @@ import pytest
 
 from tests.support.agent import memory_cgroup_v1, running, scratch_cgroup, spawn
 from tests.support.bpf import require_bpf
+from tests.support.kubeapi import FakeKubeAPI
 from vigil.agent.pipeline.events import Event
 from vigil.api.config import parse_config
 
@@ -293,3 +296,108 @@ def _wait_ready(stderr: IO[bytes], timeout: float = 60) -> None:
         if b" ready: " in line:
             return
     raise AssertionError(b"no ready line: " + b"".join(lines))
+
+
+# -- a namespaced policy's checks, and Kubernetes Events ------------------------------------
+
+NODE = "node-checks"
+
+
+def _pod(api: FakeKubeAPI, scratch: Path, namespace: str, name: str) -> Path:
+    """A running pod's container cgroup (a real directory) and its object in the API."""
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    leaf = (
+        scratch
+        / "kubepods.slice"
+        / f"kubepods-pod{uid.replace('-', '_')}.slice"
+        / f"cri-containerd-{cid}.scope"
+    )
+    leaf.mkdir(parents=True)
+    api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "labels": {}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "x"}]},
+            "status": {
+                "containerStatuses": [
+                    {"name": "main", "image": "x", "containerID": f"containerd://{cid}"}
+                ]
+            },
+        }
+    )
+    return leaf
+
+
+def test_namespaced_policys_check_never_fires_for_another_namespace(tmp_path: Path) -> None:
+    require_bpf()
+    api = FakeKubeAPI(bookmark_interval=0.5)
+    api.start()
+    for namespace in ("a", "b"):
+        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    check = {"name": "execs", "expression": "exec_rate > 0.0", "for": "0s", "severity": "warning"}
+    config = parse_config(
+        {
+            "enrichment": {
+                "kubernetes": {
+                    "mode": "on",
+                    "nodeName": NODE,
+                    "kubeconfig": str(api.kubeconfig(tmp_path)),
+                    "holdMs": 300,
+                }
+            },
+            "checkSettings": {"interval": "500ms", "defaults": False},
+            "policies": [
+                # Everything is observed (so b's execs reach the pipeline) ...
+                {"name": "all"},
+                # ... but this tenant's check judges its own namespace only.
+                {"name": "tenant", "namespace": "a", "checks": [check]},
+            ],
+        }
+    )
+    try:
+        with running(config, ["process"]) as (agent, sink), scratch_cgroup() as scratch:
+            in_a = _pod(api, scratch, "a", "web-a")
+            in_b = _pod(api, scratch, "b", "web-b")
+            pods = agent.pods
+            assert pods is not None
+            deadline = time.monotonic() + 10
+            while len(list(api.list("v1", "Pod"))) < 2 or len(pods) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            for cgroup in (in_b, in_a, in_b):
+                assert spawn(["/bin/true"], cgroup=cgroup).wait() == 0
+
+            def of(kind: str, namespace: str) -> Callable[[Event], bool]:
+                return lambda e: (
+                    e.kind == kind and e.attributes.get("k8s.namespace.name") == namespace
+                )
+
+            [fired] = sink.wait_for(of("check.firing", "a"), timeout=10)
+            assert fired.attributes["k8s.pod.name"] == "web-a"
+            assert fired.attributes["vigil.check.policy"] == "a/tenant"
+            assert fired.attributes["vigil.check.subject"] == "a/web-a"
+            assert fired.attributes["vigil.cgroup.id"] == in_a.stat().st_ino
+            sink.wait_for(of("check.resolved", "a"), timeout=10)
+            # b's execs were seen (the cluster policy keeps them), never judged by a's check.
+            assert sink.matching(lambda e: e.kind == "process.exec" and _ns(e) == "b")
+            assert sink.matching(of("check.firing", "b")) == []
+            assert sink.matching(of("check.resolved", "b")) == []
+
+            # One Kubernetes Event on a's pod per transition (firing, resolved).
+            deadline = time.monotonic() + 10
+            while len(api.list("v1", "Event", "a")) < 2:
+                assert time.monotonic() < deadline, api.list("v1", "Event", "a")
+                time.sleep(0.05)
+            events = sorted(api.list("v1", "Event", "a"), key=lambda e: e["reason"])
+            assert [e["reason"] for e in events] == ["CheckFiring", "CheckResolved"]
+            assert {e["involvedObject"]["name"] for e in events} == {"web-a"}
+            assert events[0]["type"] == "Warning"
+            assert events[0]["message"].startswith("check execs (warning) firing: exec_rate=")
+            assert api.list("v1", "Event", "b") == []
+    finally:
+        api.stop()
+
+
+def _ns(event: Event) -> object:
+    return event.attributes.get("k8s.namespace.name")

@@ -152,7 +152,9 @@ class CheckSettings(ApiModel):
         True, description="post a Kubernetes Event on the pod when a check fires or resolves"
     )
     event_min_interval: str = Field(
-        "60s", description="at most one Kubernetes Event per check and pod in this time"
+        "60s",
+        description="at most one Kubernetes Event per check, pod and transition (firing, resolved) "
+        "in this time",
     )
 
     @field_validator("interval", "event_min_interval")
