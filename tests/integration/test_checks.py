@@ -401,3 +401,51 @@ def test_namespaced_policys_check_never_fires_for_another_namespace(tmp_path: Pa
 
 def _ns(event: Event) -> object:
     return event.attributes.get("k8s.namespace.name")
+
+
+# -- anomaly on a real workload -------------------------------------------------------------
+
+# ~2 execs per 100 ms (true + sleep); with the flag file, per ~10 ms: about tenfold.
+LOOP = """
+while :; do
+  /bin/true
+  if [ -e "$1" ]; then /bin/sleep 0.01; else /bin/sleep 0.1; fi
+done
+"""
+
+
+def test_exec_rate_jumping_tenfold_leaves_the_band(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "checkSettings": {"interval": "500ms", "defaults": False},
+            "checks": [
+                {
+                    "name": "exec-anomaly",
+                    "expression": "anomaly(exec_rate)",
+                    "anomaly": {"k": 4, "alpha": 0.1, "warmup": 8, "minStd": 3},
+                }
+            ],
+        }
+    )
+    flag = tmp_path / "fast"
+    with running(config, ["process"]) as (agent, sink), scratch_cgroup() as cgroup:
+        cgroup_id = cgroup.stat().st_ino
+        loop = spawn(["/bin/sh", "-c", LOOP, "loop", str(flag)], cgroup=cgroup)
+        try:
+            start = agent.checks.counters["intervals"]
+            deadline = time.monotonic() + 30
+            while agent.checks.counters["intervals"] < start + 12:  # warm-up, then 4 more
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert sink.matching(_check("check.firing", "exec-anomaly", cgroup_id)) == []
+            flag.touch()
+            jumped = time.monotonic()
+            [fired] = sink.wait_for(_check("check.firing", "exec-anomaly", cgroup_id), timeout=5)
+            assert time.monotonic() - jumped < 2.0  # within a few intervals of the jump
+            value = str(fired.attributes["vigil.check.value"])
+            rate = float(value.split("=")[1].split(maxsplit=1)[0])
+            mean = float(value.split("baseline ")[1].split("+-", maxsplit=1)[0])
+            assert rate > 4 * mean  # the window that fired ran several times the baseline
+        finally:
+            loop.kill()
+            loop.wait()
