@@ -59,7 +59,12 @@ def check_results(agent: Agent, fired: Sequence[Event]) -> list[report.CheckResu
                 if evaluated is not check or status == 0:
                     continue
                 track = runner.engine.tracks.get((check.key, subject.key))
-                value = describe(check, subject.signals, track) if track else ""
+                baselines = (
+                    {name: (b.mean, b.variance) for name, b in track.baselines.items()}
+                    if track is not None
+                    else {}
+                )
+                value = describe(check, subject.signals, baselines)
                 state = "firing" if status == 2 else "pending"
                 found.append(
                     report.CheckResult(

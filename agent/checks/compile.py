@@ -48,10 +48,10 @@ class CompiledCheck:
     anomalies: tuple[str, ...]  # signals compared with their baseline, sorted
     anomaly: Anomaly
     memo: dict[tuple[object, ...], bool | str] = field(default_factory=dict)
+    key: tuple[str | None, str] = ("", "")  # (policy, name): what states are kept by
 
-    @property
-    def key(self) -> tuple[str | None, str]:
-        return (self.policy, self.name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.policy, self.name))
 
 
 def compile_check(

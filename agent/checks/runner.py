@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from vigil.agent.checks.compile import CheckError, CompiledCheck, compile_check, needed_probes
+from vigil.agent.checks.engine import STATUS as STATUS_OF
 from vigil.agent.checks.engine import Engine, SubjectWindow, Transition
 from vigil.agent.checks.signals import EventTally, Sampler, Snapshot, Window, available, windows
 from vigil.agent.checks.subjects import Member, group, scoped
@@ -249,10 +250,13 @@ class CheckRunner:
             now = snapshot.monotonic
             transitions = self.engine.evaluate(work, now)
             self.engine.vanished(now)
+            # Subjects a check has judged (idle ones it never needed to are ok, unlisted).
+            by_check = {check.key: check for check, _ in work}
+            by_subject = {subject.key: subject for _, subjects in work for subject in subjects}
             results = [
-                (check, subject, self.engine.status(check, subject.key))
-                for check, subjects in work
-                for subject in subjects
+                (by_check[check_key], by_subject[subject_key], STATUS_OF[track.state])
+                for (check_key, subject_key), track in self.engine.tracks.items()
+                if check_key in by_check and subject_key in by_subject
             ]
             self.status.update([_status_point(c, s, status) for c, s, status in results])
             self.counters["intervals"] += 1

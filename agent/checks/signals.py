@@ -342,6 +342,9 @@ def windows(previous: Snapshot | None, current: Snapshot) -> dict[int, Window]:
 
 def merge(parts: Iterable[Window]) -> Window:
     """One subject's window from its cgroups' (sums; run-queue histograms added)."""
+    parts = list(parts)
+    if len(parts) == 1:
+        return parts[0]  # most subjects are one cgroup: nothing to add up
     signals: dict[str, float] = {}
     tally = Tally()
     runqueue: Log2Histogram | None = None
