@@ -107,7 +107,9 @@ def render(
             Text(name, style=style),
             justify="left" if name in ("POD/CGROUP", "FIRING") else "right",
             no_wrap=True,  # one line per row, cut with an ellipsis on narrow terminals
-            min_width=24 if name == "POD/CGROUP" else None,
+            min_width=24 if name == "POD/CGROUP" else len(name),
+            max_width=40 if name == "POD/CGROUP" else None,
+            overflow="ellipsis",
         )
     for line in ordered:
         total, rate, seconds = line.total, line.rate, line.seconds
@@ -120,7 +122,7 @@ def render(
             str(total.oom_kills),
             str(total.zombies),
             "-" if total.dstate is None else str(total.dstate),
-            "-" if runq is None else f"{runq:g}ms",
+            "-" if runq is None else f"{runq:.3g}ms",
             _rate(rate.tcp_connections, seconds),
             _bytes(rate.tcp_bytes, seconds),
             Text(", ".join(total.firing), style="bold red"),

@@ -151,7 +151,7 @@ def _row_json(row: Row) -> dict[str, Any]:
 def _ms(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:g}"
+    return f"{value:.3g}"  # log2 slot bounds: 16.777216 ms reads 16.8
 
 
 def _opt(value: int | None) -> str:
