@@ -150,7 +150,8 @@ def test_two_zombies_never_fire_a_more_than_two_check() -> None:
             status = {
                 p.attributes["vigil.check.subject"]: p.value for p in agent.checks.status.collect()
             }
-            assert status[f"cgroup {cgroup_id}"] == 0
+            # ok: no series at all (a check keeps state only for subjects it ever held on).
+            assert status.get(f"cgroup {cgroup_id}", 0) == 0
         finally:
             parent.stdin.close()
             parent.wait()
