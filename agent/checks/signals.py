@@ -27,6 +27,8 @@ from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.histograms import Log2Histogram
 from vigil.agent.pipeline.readings import Readings
 from vigil.agent.pipeline.samples import MetricPoint
+from vigil.agent.pipeline.source import Source
+from vigil.agent.probes import process_state, runqlat
 from vigil.api.attributes import (
     PROCESS_EXIT_CODE,
     VIGIL_CGROUP_ID,
@@ -200,6 +202,23 @@ def kernel_from_points(points: Iterable[MetricPoint], into: dict[int, Kernel]) -
             into.setdefault(cgroup_id, Kernel()).syscall_errors += number
 
 
+def read_points(source: Source) -> list[MetricPoint]:
+    """A source's aggregates, read without the side effects of its collect().
+
+    runqlat's and process_state's collect() report a removed cgroup's last
+    values once and then delete them from the kernel maps; if the checks
+    called it, the exporters would miss those last values. Their plain
+    snapshots are read instead. The other probes' collect() only reads
+    (syscalls' frees dead cgroups' entries past half its map, after their
+    totals were read: a rare loss for an export in between, left as is).
+    """
+    if isinstance(source, runqlat.RunqlatProbe):
+        return runqlat.metric_points(source.snapshot(), histogram=source.config.histogram)
+    if isinstance(source, process_state.ProcessStateProbe):
+        return process_state.metric_points(source.counts())
+    return source.collect()
+
+
 class Sampler:
     """Snapshots of the running probes' aggregates and the event tally."""
 
@@ -212,7 +231,7 @@ class Sampler:
         probes = []
         for source in self.readings.probes:
             probes.append(source.name)
-            kernel_from_points(source.collect(), kernel)
+            kernel_from_points(read_points(source), kernel)
         return Snapshot(time.monotonic(), self.tally.snapshot(), kernel, frozenset(probes))
 
 
