@@ -66,6 +66,44 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve /healthz, /readyz and /metrics here (overrides endpoint.listen)",
     )
+    filters = run.add_argument_group("filters (console and JSON output; OTLP export is whole)")
+    filters.add_argument("--namespace", help="only events of pods in this namespace")
+    filters.add_argument("--pod", help="only events of this pod (k8s.pod.name)")
+    filters.add_argument("--container", help="only events of this container (k8s.container.name)")
+    filters.add_argument("--pid", type=int, help="only events of this process id")
+    filters.add_argument(
+        "--comm", help="only events of this executable name (process.executable.name)"
+    )
+    filters.add_argument(
+        "--kind",
+        help="only these event kinds, comma-separated; a prefix selects a family "
+        "(process = process.exec, process.exit, ...)",
+    )
+
+    inspect = commands.add_parser(
+        "inspect", help="run the probes for a window, then report per pod/cgroup and every check"
+    )
+    inspect.add_argument("--duration", type=float, default=30.0, help="seconds (default 30)")
+    inspect.add_argument(
+        "--output", default="table", help="table | json | markdown (default: table)"
+    )
+    inspect.add_argument("--config", type=Path, help="AgentConfig YAML (checks, probes settings)")
+    inspect.add_argument(
+        "--probes",
+        help="comma-separated probes (default: process,tcp,runqlat,oom,process_state)",
+    )
+
+    top = commands.add_parser("top", help="live view: one row per pod/cgroup, every second")
+    top.add_argument("--config", type=Path, help="AgentConfig YAML (checks, probes settings)")
+    top.add_argument(
+        "--probes", help="comma-separated probes (default: process,tcp,runqlat,oom,process_state)"
+    )
+    top.add_argument("--namespace", help="only pods of this namespace")
+    top.add_argument("--pod", help="only this pod")
+    top.add_argument(
+        "--sort", default="e", help="initial sort key: e f o z d r c b (default e: exec/s)"
+    )
+    top.add_argument("--duration", type=float, help="quit after this many seconds")
 
     doctor = commands.add_parser("doctor", help="check kernel features, privileges and offsets")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
@@ -121,16 +159,28 @@ def _tracepoints(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sinks(output: str) -> list[Sink]:
+def _sinks(output: str, args: argparse.Namespace | None = None) -> list[Sink]:
     from vigil.agent.sinks.console import ConsoleSink
+    from vigil.agent.sinks.filtered import EventFilter, FilteredSink
     from vigil.agent.sinks.jsonl import JsonLinesSink
 
+    wanted = None
+    if args is not None:
+        kinds = tuple(k.strip() for k in args.kind.split(",") if k.strip()) if args.kind else ()
+        wanted = EventFilter(
+            namespace=args.namespace,
+            pod=args.pod,
+            container=args.container,
+            pid=args.pid,
+            comm=args.comm,
+            kinds=kinds,
+        )
     sinks: list[Sink] = []
     for name in (part.strip() for part in output.split(",")):
         if name == "console":
-            sinks.append(ConsoleSink())
+            sinks.append(FilteredSink(ConsoleSink(), wanted) if wanted else ConsoleSink())
         elif name == "json":
-            sinks.append(JsonLinesSink())
+            sinks.append(FilteredSink(JsonLinesSink(), wanted) if wanted else JsonLinesSink())
         elif name in ("otlp", "none"):
             pass  # otlp: the telemetry sink, see _telemetry; none: only /metrics
         else:
@@ -199,7 +249,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config, text = read_config(args.config) if args.config else (AgentConfig(), None)
         listen = args.listen or config.endpoint.listen
-        sinks = _sinks(args.output)
+        sinks = _sinks(args.output, args)
         telemetry = _telemetry(config, args, readings, listen=listen)
         if telemetry is not None:
             sinks.append(OtlpSink(telemetry))
@@ -281,7 +331,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor.main(as_json=args.json)
     if args.command == "tracepoints":
         return _tracepoints(args)
+    if args.command in ("inspect", "top"):
+        return _view(args)
     return _run(args)
+
+
+def _view(args: argparse.Namespace) -> int:
+    """inspect and top: the agent in-process for a report or a live view."""
+    from vigil.agent.runtime import AgentError
+    from vigil.api.config import read_config
+
+    try:
+        config = read_config(args.config)[0] if args.config else AgentConfig()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if args.probes:
+        probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+    else:
+        from vigil.agent.inspect import DEFAULT_PROBES
+
+        probes = list(DEFAULT_PROBES)
+    try:
+        if args.command == "inspect":
+            from vigil.agent import inspect
+
+            return inspect.run(config, probes=probes, duration=args.duration, output=args.output)
+        from vigil.agent import top
+
+        return top.run(
+            config,
+            probes=probes,
+            namespace=args.namespace,
+            pod=args.pod,
+            sort=args.sort,
+            duration=args.duration,
+        )
+    except (ConfigError, AgentError) as exc:
+        log.error("%s (run `vigil-agent doctor`)", exc)
+        return 1
 
 
 if __name__ == "__main__":

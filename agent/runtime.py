@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from vigil.agent.checks.kube_events import KubeEvents
+from vigil.agent.checks.runner import CheckRunner
 from vigil.agent.enrich.attribution import Enricher
 from vigil.agent.enrich.cgroups import CgroupTable
 from vigil.agent.enrich.namespaces import NamespaceCache
@@ -44,6 +46,7 @@ from vigil.agent.selection.policies import PolicySet, compile_policies
 from vigil.agent.selection.stage import PolicyStage
 from vigil.agent.selection.subjects import SubjectResolver
 from vigil.agent.supervisor import ReloadReport, StartReport, Supervisor
+from vigil.api.checks import parse_duration
 from vigil.api.config import AgentConfig, ConfigError, parse_text
 
 __all__ = ["Agent", "AgentError", "ReloadReport", "StartReport"]
@@ -86,6 +89,7 @@ class Agent:
         self.workloads: Workloads | None = None
         self.namespaces: NamespaceCache | None = None
         self._api_client: Any = None
+        self.node_name: str | None = None
         self.enricher = self._build_enricher()
         stages: list[Stage] = [self.process_table]
         if self.enricher is not None:
@@ -98,6 +102,20 @@ class Agent:
         )
         self.policy_stage.install(policies)
         stages.append(self.policy_stage)
+        # Checks last: they count what was selected, and their own events skip selection.
+        self.checks = CheckRunner(self.readings, self.resolver, node_name=self.node_name)
+        self.checks.configure(config, self.probe_names, policies, source=config_source)
+        self.readings.add_source(self.checks.status)
+        self.kube_events: KubeEvents | None = None
+        if self._api_client is not None and config.check_settings.kubernetes_events:
+            settings = config.check_settings
+            self.kube_events = KubeEvents(
+                self._api_client,
+                node_name=self.node_name,
+                min_interval=parse_duration(settings.event_min_interval),
+            )
+            self.checks.notifiers.append(self.kube_events)
+        stages.append(self.checks.stage)
         self._reconfigure_lock = threading.RLock()
         self._reload_hooks: list[Callable[[AgentConfig], None]] = []
         self._running = False
@@ -133,6 +151,9 @@ class Agent:
             },
         )
         readings.count("rules", stage.rules.counters.as_dict)
+        checks, engine = self.checks.counters, self.checks.engine.counters
+        posted = self.kube_events.counters if self.kube_events is not None else {}
+        readings.count("checks", lambda: {**checks, **engine.as_dict(), **posted})
 
     @property
     def running(self) -> bool:
@@ -159,6 +180,7 @@ class Agent:
         self.cgroups = CgroupTable(root, tombstone_seconds=settings.cgroup_tombstone_seconds)
         k8s = settings.kubernetes
         node_name = k8s.node_name or os.environ.get("NODE_NAME") or None
+        self.node_name = node_name
         if k8s.mode != "off":
             try:
                 client = api_client_from_environment(k8s.kubeconfig)
@@ -221,6 +243,7 @@ class Agent:
         self._ensure_namespaces(self.policy_stage.policies)
         self.dispatcher.start()
         self.supervisor.start_readers()
+        self.checks.start()
         self.report.seconds = time.perf_counter() - started
         self._running = True
         log.info(
@@ -326,6 +349,8 @@ class Agent:
                 self.supervisor.apply(widened(config), desired, report)
             self.config = config
             self.policy_stage.install(policies)
+            desired_checks = self.probe_names if self._probes_pinned else config.probes.enabled()
+            self.checks.configure(config, desired_checks, policies, source=source)
             if self._running:
                 self._ensure_namespaces(policies)
             for hook in self._reload_hooks:
@@ -392,6 +417,9 @@ class Agent:
             self.pod_watcher.stop()
         if self.namespaces is not None:
             self.namespaces.stop()
+        self.checks.stop()
+        if self.kube_events is not None:
+            self.kube_events.close()
         self.supervisor.detach()
         self.dispatcher.stop()
         # Sinks close before the BPF maps go: the last metric export still reads them.

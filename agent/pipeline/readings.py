@@ -40,6 +40,8 @@ class Readings:
         self._sources: tuple[Source, ...] = ()
         self._event_metrics: tuple[EventMetric, ...] = ()
         self._counters: dict[str, CounterReader] = {}
+        # Sources that are not probes (the checks' status): added once, never republished.
+        self._extra: tuple[Source, ...] = ()
 
     def publish(self, sources: Iterable[Source]) -> None:
         """The sources running now (after every attach, reload and retire)."""
@@ -49,8 +51,18 @@ class Readings:
         )
         self._sources = published
 
+    def add_source(self, source: Source) -> None:
+        """A metric source beside the probes (its collect() is exported like theirs)."""
+        self._extra = (*self._extra, source)
+
     @property
     def sources(self) -> tuple[Source, ...]:
+        """What the exporters collect: the probes, then the sources added beside them."""
+        return self._sources + self._extra
+
+    @property
+    def probes(self) -> tuple[Source, ...]:
+        """The published probes only (what checks read their signals from)."""
         return self._sources
 
     @property

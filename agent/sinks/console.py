@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vigil.agent.pipeline.events import Event
+from vigil.agent.sinks import details
 from vigil.api.attributes import (
     CONTAINER_ID,
     K8S_NAMESPACE_NAME,
@@ -30,7 +31,7 @@ _COLUMNS = (
     ("CGROUP/POD", 20, "cyan"),
     ("PID", 7, None),
     ("PPID", 7, None),
-    ("EVENT", 5, "bold"),
+    ("EVENT", 8, "bold"),
     ("DETAIL", None, None),
 )
 # kind -> (label, style); the label is the kind's last word.
@@ -39,6 +40,11 @@ _EVENT_STYLE = {
     "process.fork": "blue",
     "process.exit": "yellow",
     "rule.match": "bold red",
+    "network.tcp.close": "cyan",
+    "process.oom_kill": "bold red",
+    "syscall.slow": "magenta",
+    "check.firing": "bold red",
+    "check.resolved": "green",
 }
 _PIPE_WIDTH = 200  # not a terminal: long lines rather than wrapped columns
 
@@ -74,6 +80,9 @@ def _detail(event: Event) -> Text:
         elif code:
             text.stylize("red")
         return text
+    formatter = details.FORMATTERS.get(event.kind)
+    if formatter is not None:
+        return formatter(attrs)
     args = attrs.get(PROCESS_COMMAND_ARGS)
     path = attrs.get(PROCESS_EXECUTABLE_PATH) or attrs.get(PROCESS_EXECUTABLE_NAME, "?")
     if isinstance(args, list) and args:

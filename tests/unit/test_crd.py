@@ -186,6 +186,36 @@ CASES: list[tuple[dict[str, Any], str | None, str | None]] = [
         ".spec.probes.process.redact[0]: Invalid value: ",
         "spec.probes.process.redact[0]: String should have at most 256 characters",
     ),
+    # Checks (issue 17): a tenant's judge its own pods; node checks are node-wide.
+    (obj(probes={"process": {}}, checks=[{"name": "z", "expression": "zombies > 2"}]), None, None),
+    (
+        obj(
+            probes={"process": {}},
+            checks=[{"name": "n", "expression": "zombies > 2", "subject": "node"}],
+        ),
+        ".spec.checks: Invalid value: a check with subject: node judges the whole node",
+        "spec.checks[0].subject: a check with subject: node judges the whole node",
+    ),
+    (
+        obj(
+            "ClusterProbePolicy",
+            probes={"process": {}},
+            checks=[{"name": "n", "expression": "zombies > 2", "subject": "node"}],
+        ),
+        None,
+        None,
+    ),
+    (
+        obj(
+            probes={"process": {}},
+            checks=[
+                {"name": "a", "expression": "zombies > 2"},
+                {"name": "a", "expression": "dstate > 2"},
+            ],
+        ),
+        ".spec.checks: Invalid value: check names must be unique within a policy",
+        "spec.checks[1].name: 'a' is already the name of checks[0]",
+    ),
     # Only a cluster policy turns probes off for everyone.
     (obj("ClusterProbePolicy", disabledProbes=["process"]), None, None),
     (

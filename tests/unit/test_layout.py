@@ -13,10 +13,10 @@ from its own package; peers on one floor never import each other:
     2  pipeline                              events, samples, seams, reader, dispatcher
     3  probes | enrich | rules               producers and stages
     4  selection | telemetry                 policies over enrich+rules; OTel export
-    5  sinks                                 console, JSON lines, OTLP
+    5  sinks | checks                        console, JSON lines, OTLP; checks over signals
     6  supervisor                            probe lifecycle
     7  runtime | config_watch                the agent; the config file watcher
-    8  doctor | endpoint                     the host check; /healthz /readyz /metrics
+    8  doctor | endpoint | inspect | top     the host check; /healthz /readyz /metrics; the report; the live view
     9  cli                                   the entry point
 
 The events flow kernel -> probes -> pipeline -> enrich -> selection (rules)
@@ -48,10 +48,10 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("vigil.agent.pipeline",),
     ("vigil.agent.probes", "vigil.agent.enrich", "vigil.agent.rules"),
     ("vigil.agent.selection", "vigil.agent.telemetry"),
-    ("vigil.agent.sinks",),
+    ("vigil.agent.sinks", "vigil.agent.checks"),
     ("vigil.agent.supervisor",),
     ("vigil.agent.runtime", "vigil.agent.config_watch"),
-    ("vigil.agent.doctor", "vigil.agent.endpoint"),
+    ("vigil.agent.doctor", "vigil.agent.endpoint", "vigil.agent.inspect", "vigil.agent.top"),
     ("vigil.agent.cli",),
 )
 # The operator stands on the shared models alone and never meets the agent.

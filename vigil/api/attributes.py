@@ -423,6 +423,48 @@ VIGIL_RULE_EVENT_KIND: Final = _key(
     "vigil.rule.event_kind", "str", "vigil", _E, "Kind of the event the rule matched"
 )
 
+# -- vigil: checks (check.firing / check.resolved events, vigil.check.status) ----------------
+
+VIGIL_CHECK_NAME: Final = _key(
+    "vigil.check.name", "str", "vigil", _EM, "The check that fired or resolved (checks: name)"
+)
+VIGIL_CHECK_SEVERITY: Final = _key(
+    "vigil.check.severity", "str", "vigil", _EM, "The check's severity: info, warning or critical"
+)
+VIGIL_CHECK_VALUE: Final = _key(
+    "vigil.check.value",
+    "str",
+    "vigil",
+    _E,
+    "The expression's inputs at the transition, e.g. zombies=6 or exec_rate=42 (baseline 4.1+-0.8)",
+)
+VIGIL_CHECK_POLICY: Final = _key(
+    "vigil.check.policy",
+    "str",
+    "vigil",
+    _EM,
+    "The policy the check belongs to (namespace/name, or name when cluster-wide); "
+    "absent for node-wide checks",
+)
+VIGIL_CHECK_SUBJECT: Final = _key(
+    "vigil.check.subject",
+    "str",
+    "vigil",
+    _EM,
+    "What the check judged: namespace/pod, namespace/workload, cgroup <id> or node",
+)
+VIGIL_CHECK_WORKLOAD: Final = _key(
+    "vigil.check.workload",
+    "str",
+    "vigil",
+    _E,
+    "The workload (Deployment, StatefulSet, DaemonSet, Job) of a workload check, "
+    "from the pods' generated names",
+)
+VIGIL_CHECK_DESCRIPTION: Final = _key(
+    "vigil.check.description", "str", "vigil", _E, "The check's description, when it has one"
+)
+
 # -- vigil: processes ------------------------------------------------------------------------
 
 VIGIL_PROCESS_ARGS_TRUNCATED: Final = _key(

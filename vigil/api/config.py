@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from vigil.api.base import ApiModel, describe_validation_error
+from vigil.api.checks import Check, CheckSettings, unique_names
 from vigil.api.export import Export
 from vigil.api.policies import AppliedPolicy
 from vigil.api.probes import Probes
@@ -116,6 +117,17 @@ class AgentConfig(ApiModel):
         description="what each accepted policy selects and the rules it carries; "
         "empty: every process on the host is observed, with no rules",
     )
+    checks: tuple[Check, ...] = Field(
+        (),
+        description="node-wide checks, over the default ones (same name: replaced; "
+        "enabled: false: removed)",
+    )
+    check_settings: CheckSettings = CheckSettings()
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_checks(cls, checks: tuple[Check, ...]) -> tuple[Check, ...]:
+        return unique_names(checks)
 
     def running_probes(self) -> list[str]:
         """Probes the agent runs: on for everyone, or named by a policy (for its cgroups)."""

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 
 from vigil.api.base import ApiModel
 from vigil.api.patterns import check_patterns
+from vigil.api.checks import Check, unique_names
 from vigil.api.selectors import LabelSelector
 
 
@@ -89,3 +90,11 @@ class AppliedPolicy(ApiModel):
     )
     filters: Filters = Filters()
     rules: tuple[Rule, ...] = ()
+    checks: tuple[Check, ...] = Field(
+        (), description="checks evaluated only on the pods this policy selects"
+    )
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_checks(cls, checks: tuple[Check, ...]) -> tuple[Check, ...]:
+        return unique_names(checks)

@@ -37,6 +37,7 @@ from pydantic.fields import FieldInfo
 
 from vigil.api.base import ApiModel
 from vigil.api.cel_ext import cel
+from vigil.api.checks import Check
 from vigil.api.config import AgentConfig
 from vigil.api.policies import AppliedPolicy, ArgsCapture, Filters, Rule
 from vigil.api.probes import Probes
@@ -57,6 +58,7 @@ ACCEPTED = "Accepted"
 # validations within the API server's cost budget and bound what one policy (one
 # tenant) can cost every node (issue 12).
 MAX_RULES = 32
+MAX_CHECKS = 32
 MAX_CONTAINERS = 64
 MAX_EXPRESSION_LENGTH = 2048
 MAX_REDACTIONS = 16
@@ -302,6 +304,12 @@ def _node_wide_parameters() -> dict[str, tuple[str, ...]]:
     return {probe: fields for probe, fields in node_wide.items() if fields}
 
 
+_NODE_CHECK = (
+    f"a check with subject: node judges the whole node, which is {NODE_WIDE}; "
+    "a ProbePolicy's checks judge its own pods (subject: pod or workload)"
+)
+
+
 def _snake(wire: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in wire)
 
@@ -313,6 +321,11 @@ def _tenant_validations() -> list[dict[str, Any]]:
             "rule": "!has(self.export)",
             "message": f"export is {NODE_WIDE}",
             "fieldPath": ".export",
+        },
+        {
+            "rule": "!has(self.checks) || self.checks.all(c, !has(c.subject) || c.subject != 'node')",
+            "message": _NODE_CHECK,
+            "fieldPath": ".checks",
         },
         {
             "rule": "!has(self.probes.process) || !has(self.probes.process.captureArgs) "
@@ -349,6 +362,11 @@ def tenant_problems(spec: Mapping[str, Any]) -> list[str]:
     problems = []
     if "export" in spec:
         problems.append(f"export: {NODE_WIDE}")
+    checks = spec.get("checks")
+    if isinstance(checks, list):
+        for index, check in enumerate(checks):
+            if isinstance(check, Mapping) and check.get("subject") == "node":
+                problems.append(f"checks[{index}].subject: {_NODE_CHECK}")
     probes = spec.get("probes")
     if isinstance(probes, Mapping):
         process = probes.get("process")
@@ -392,6 +410,10 @@ _UNIQUE_RULE_NAMES: dict[str, Any] = {
     "rule": "self.all(r, self.exists_one(s, s.name == r.name))",
     "message": "rule names must be unique within a policy",
 }
+_UNIQUE_CHECK_NAMES: dict[str, Any] = {
+    "rule": "self.all(c, self.exists_one(d, d.name == c.name))",
+    "message": "check names must be unique within a policy",
+}
 
 
 class ProbePolicySpec(ApiModel):
@@ -430,6 +452,12 @@ class ProbePolicySpec(ApiModel):
         description="CEL rules evaluated on the events of the selected pods",
         json_schema_extra={"x-kubernetes-validations": [_UNIQUE_RULE_NAMES]},
     )
+    checks: tuple[Check, ...] = Field(
+        (),
+        max_length=MAX_CHECKS,
+        description="checks evaluated on the selected pods only (see AgentConfig.checks)",
+        json_schema_extra={"x-kubernetes-validations": [_UNIQUE_CHECK_NAMES]},
+    )
     export: PolicyExport = Field(
         PolicyExport(),
         description=f"export settings this policy asks for: ClusterProbePolicy only ({NODE_WIDE})",
@@ -461,6 +489,14 @@ class ProbePolicySpec(ApiModel):
                     f"rules[{seen[rule.name]}]; rule names must be unique"
                 )
             seen[rule.name] = index
+        named: dict[str, int] = {}
+        for index, check in enumerate(self.checks):
+            if check.name in named:
+                raise ValueError(
+                    f"checks[{index}].name: {check.name!r} is already the name of "
+                    f"checks[{named[check.name]}]; check names must be unique"
+                )
+            named[check.name] = index
         return self
 
 
@@ -683,6 +719,7 @@ def applied(policy: ProbePolicy | ClusterProbePolicy) -> AppliedPolicy:
         probes=tuple(requested_probes(spec.probes)),
         filters=spec.filters,
         rules=tuple(Rule.model_validate(rule.model_dump()) for rule in spec.rules),
+        checks=spec.checks,
     )
 
 
