@@ -276,7 +276,9 @@ def test_500_short_lived_pods_stay_bounded_and_gone_pods_series_are_evicted(
         while True:
             time.sleep(3 * 0.3)
             assert telemetry.force_flush()
-            pods_now = {a.get("k8s.pod.name") for a in latest(stack.receiver, "vigil.process.execs")}
+            pods_now = {
+                a.get("k8s.pod.name") for a in latest(stack.receiver, "vigil.process.execs")
+            }
             if not any(n and n.startswith("churn-") for n in pods_now):
                 break
             if time.monotonic() > deadline:

@@ -364,4 +364,8 @@ def test_a_probe_policys_checks_reach_the_agent_scoped_to_that_policy() -> None:
     [check] = applied(policy).checks
     assert (check.name, check.expression, check.for_seconds) == ("pile", "zombies > 2", 30.0)
     [entry] = render([policy]).policies
-    assert (entry.namespace, entry.name, [c.name for c in entry.checks]) == ("a", "zombies", ["pile"])
+    assert (entry.namespace, entry.name, [c.name for c in entry.checks]) == (
+        "a",
+        "zombies",
+        ["pile"],
+    )

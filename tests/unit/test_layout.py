@@ -16,7 +16,7 @@ from its own package; peers on one floor never import each other:
     5  sinks | checks                        console, JSON lines, OTLP; checks over signals
     6  supervisor                            probe lifecycle
     7  runtime | config_watch                the agent; the config file watcher
-    8  doctor | endpoint | inspect | top     the host check; /healthz /readyz /metrics; the report; the live view
+    8  doctor | endpoint | inspect | top     host check; health endpoint; report; live view
     9  cli                                   the entry point
 
 The events flow kernel -> probes -> pipeline -> enrich -> selection (rules)

@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from vigil.api.base import ApiModel
-from vigil.api.patterns import check_patterns
 from vigil.api.checks import Check, unique_names
+from vigil.api.patterns import check_patterns
 from vigil.api.selectors import LabelSelector
 
 

@@ -323,7 +323,8 @@ def _tenant_validations() -> list[dict[str, Any]]:
             "fieldPath": ".export",
         },
         {
-            "rule": "!has(self.checks) || self.checks.all(c, !has(c.subject) || c.subject != 'node')",
+            "rule": "!has(self.checks) "
+            "|| self.checks.all(c, !has(c.subject) || c.subject != 'node')",
             "message": _NODE_CHECK,
             "fieldPath": ".checks",
         },
