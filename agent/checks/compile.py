@@ -95,13 +95,17 @@ def compile_check(
             )
     if not names:
         raise CheckError(f"{where}: names no signal, so it would never change")
+    try:
+        for_seconds = check.for_seconds
+    except ValueError as exc:
+        raise CheckError(f"{field}.for: {exc}") from None
     return CompiledCheck(
         name=check.name,
         severity=check.severity,
         subject=check.subject,
         description=check.description,
         expression=expression,
-        for_seconds=check.for_seconds,
+        for_seconds=for_seconds,
         policy=policy,
         program=program,
         signals=tuple(sorted(plain)),

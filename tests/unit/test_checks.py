@@ -71,7 +71,6 @@ def test_invalid_expressions_name_the_field_and_reason(expression: str, reason: 
 @pytest.mark.parametrize(
     ("document", "problem"),
     [
-        ({"checks": [{"name": "a", "expression": "zombies > 1", "for": "ten"}]}, "checks.0.for"),
         ({"checks": [{"name": "a", "expression": "zombies > 1", "for": 10}]}, "checks.0.for"),
         ({"checks": [{"name": "a", "expression": "zombies > 1", "severity": "x"}]}, "severity"),
         ({"checks": [{"name": "a"}]}, "expression: empty"),
@@ -128,6 +127,25 @@ def test_one_bad_check_is_rejected_alone() -> None:
         "is not running: enable it (probes.runqlat.enabled: true, or --probes ...,runqlat)"
     ]
     assert checks_runner.counters["rejected"] == 1
+
+
+def test_a_bad_duration_rejects_its_check_alone() -> None:
+    config = parse_config(
+        {
+            "checkSettings": {"defaults": False},
+            "checks": [
+                {"name": "good", "expression": "zombies > 2", "for": "30s"},
+                {"name": "bad", "expression": "zombies > 5", "for": "ten"},
+            ],
+        }
+    )
+    checks_runner = runner()
+    rejected = checks_runner.configure(config, ["process"], compile_policies(()), source="f")
+    assert [c.name for c in checks_runner.checks] == ["good"]
+    assert rejected == [
+        "f: checks.1.for: 'ten' is not a duration: write a number and a unit, "
+        "e.g. 30s, 1m, 500ms, 1h"
+    ]
 
 
 # -- states ---------------------------------------------------------------------------------

@@ -208,6 +208,14 @@ CASES: list[tuple[dict[str, Any], str | None, str | None]] = [
     (
         obj(
             probes={"process": {}},
+            checks=[{"name": "t", "expression": "zombies > 2", "for": "ten"}],
+        ),
+        ".spec.checks[0].for: Invalid value: ",
+        "spec.checks[0].for: 'ten' is not a duration",
+    ),
+    (
+        obj(
+            probes={"process": {}},
             checks=[
                 {"name": "a", "expression": "zombies > 2"},
                 {"name": "a", "expression": "dstate > 2"},

@@ -492,6 +492,10 @@ class ProbePolicySpec(ApiModel):
             seen[rule.name] = index
         named: dict[str, int] = {}
         for index, check in enumerate(self.checks):
+            try:
+                check.for_seconds  # noqa: B018 (a policy is refused whole, naming the field)
+            except ValueError as exc:
+                raise ValueError(f"checks[{index}].for: {exc}") from None
             if check.name in named:
                 raise ValueError(
                     f"checks[{index}].name: {check.name!r} is already the name of "
