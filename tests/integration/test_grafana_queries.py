@@ -53,9 +53,9 @@ RATE_WINDOW = "20s"  # $__rate_interval: several 1 s scrapes
 # no series here; every other panel must return at least one.
 CANNOT_FEED: dict[tuple[str, str], str] = {
     ("vigil-overview", "TCP retransmits/s"): (
-        "loopback loses no segments and this kernel has no netem qdisc: a retransmit needs "
-        "a lossy link, which test_tcp_probe builds (veth pair + XDP dropping 30 %); not "
-        "repeated here to keep this test short"
+        "loopback rarely loses a segment and this kernel has no netem qdisc: a retransmit "
+        "needs a lossy link, which test_tcp_probe builds (veth pair + XDP dropping 30 %); "
+        "not repeated here to keep this test short (a stray retransmit under load does show)"
     ),
 }
 
@@ -290,7 +290,7 @@ def test_every_panel_and_rule_evaluates_and_fed_panels_have_data(fed_prometheus:
     assert set(empty) <= set(CANNOT_FEED), (
         f"panels without data: {empty}; expected only {sorted(CANNOT_FEED)}"
     )
-    assert set(zero) == ZERO_WHEN_HEALTHY, f"panels at zero: {zero}"
+    assert set(zero) - set(CANNOT_FEED) == ZERO_WHEN_HEALTHY, f"panels at zero: {zero}"
     groups = json.loads(http_get(f"{base}/api/v1/rules"))["data"]["groups"]
     assert {g["file"] for g in groups} == {str(p) for p in RULE_FILES}
     # Groups with their own 1m interval may not have run yet ("unknown"); none may fail,
