@@ -1,7 +1,11 @@
 """vigil's Grafana dashboards as code (grafana-foundation-sdk), written to deploy/grafana/*.json.
 
-    python -m scripts.dashboards            # rewrite deploy/grafana/*.json
+    python -m scripts.dashboards            # rewrite deploy/grafana/*.json and the chart's copies
     python -m scripts.dashboards --check    # exit 1 when a committed file differs
+
+Helm reads only files inside the chart, so charts/vigil/files/ holds copies of the
+dashboards and of deploy/prometheus/*.yaml (the grafana-dashboards and prometheus-rule
+templates ship them); this script writes those too.
 
 Every metric comes from vigil.api.metrics through `series()`, which matches both OTLP ->
 Prometheus translation styles (with unit and `_total` suffixes, the agent's /metrics and
@@ -32,7 +36,10 @@ from grafana_foundation_sdk.models import prometheus as prom_model
 
 from vigil.api import metrics
 
-OUT: Final = Path(__file__).resolve().parent.parent / "deploy" / "grafana"
+ROOT: Final = Path(__file__).resolve().parent.parent
+OUT: Final = ROOT / "deploy" / "grafana"
+RULES: Final = ROOT / "deploy" / "prometheus"
+CHART_FILES: Final = ROOT / "charts" / "vigil" / "files"
 PROM: Final = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TRACES: Final = model.DataSourceRef(type_val="tempo", uid="${traces}")
 
@@ -568,17 +575,29 @@ def path_of(spec: DashboardSpec, directory: Path = OUT) -> Path:
     return directory / f"{spec.uid}.json"
 
 
+def expected_files() -> dict[Path, str]:
+    """Every generated file and its content: the dashboards, and the chart's copies."""
+    files = {}
+    for spec in DASHBOARDS:
+        text = rendered(spec)
+        files[path_of(spec)] = text
+        files[path_of(spec, CHART_FILES / "grafana")] = text
+    for rules in sorted(RULES.glob("*.yaml")):
+        files[CHART_FILES / "prometheus" / rules.name] = rules.read_text()
+    return files
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.dashboards", description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail when a file is out of date")
     args = parser.parse_args(argv)
     stale = []
-    for spec in DASHBOARDS:
-        path, text = path_of(spec), rendered(spec)
+    for path, text in expected_files().items():
         if path.exists() and path.read_text() == text:
             continue
         stale.append(path)
         if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"{path}: written")
     if args.check and stale:
