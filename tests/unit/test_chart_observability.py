@@ -53,3 +53,11 @@ def test_lint_is_clean_with_both_on() -> None:
     report = helm.lint(str(CHART), values=ON, strict=True, kube_version="v1.30.0")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] > 1] == []
+
+
+def test_the_quick_start_values_render() -> None:
+    values = yaml.safe_load((DEPLOY / "vigil-values.yaml").read_text())
+    docs = render_chart(values)
+    maps = [d for d in docs if d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    assert {d["metadata"]["namespace"] for d in maps} == {"monitoring"}
+    assert [d for d in docs if d["kind"] == "PrometheusRule"]

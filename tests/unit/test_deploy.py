@@ -16,6 +16,8 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from scripts import dashboards
 from vigil.api import attributes, metrics
+from vigil.api.config import parse_config
+from vigil.api.policy import PolicyError, parse_policy
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULE_FILES = sorted((DEPLOY / "prometheus").glob("*.yaml"))
@@ -139,3 +141,42 @@ def test_promtool_accepts_the_rules() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("SUCCESS") == len(RULE_FILES)
+
+
+@pytest.mark.parametrize("path", sorted((DEPLOY / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_policies_are_valid(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for doc in docs:
+        policy = parse_policy(doc, source=str(path))
+        assert policy.spec.rules, f"{path}: an example shows rules too"
+
+
+def test_an_invalid_example_would_fail() -> None:
+    doc = yaml.safe_load((DEPLOY / "examples" / "shop-web.yaml").read_text())
+    doc["spec"]["probes"]["syscalls"] = {"syscalls": ["openat"]}
+    with pytest.raises(PolicyError, match=r"spec.probes.syscalls.syscalls: node-wide"):
+        parse_policy(doc, source="shop-web.yaml")
+
+
+def test_the_collector_pipelines_use_defined_components() -> None:
+    config = yaml.safe_load((DEPLOY / "collector" / "collector.yaml").read_text())
+    pipelines = config["service"]["pipelines"]
+    assert set(pipelines) == {"metrics", "traces", "logs"}
+    for name, pipeline in pipelines.items():
+        assert pipeline["receivers"] == ["otlp"], name
+        # memory_limiter first: it must refuse data before anything else holds it
+        assert pipeline["processors"] == ["memory_limiter", "batch"], name
+        for kind in ("receivers", "processors", "exporters"):
+            assert set(pipeline[kind]) <= set(config[kind]), (name, kind)
+    assert {e for p in pipelines.values() for e in p["exporters"]} == set(config["exporters"])
+    values = yaml.safe_load((DEPLOY / "collector" / "values.yaml").read_text())
+    assert values["config"] == config
+
+
+def test_the_quick_start_agent_config_is_valid() -> None:
+    values = yaml.safe_load((DEPLOY / "vigil-values.yaml").read_text())
+    config = parse_config(values["agent"]["config"])
+    collector = yaml.safe_load((DEPLOY / "collector" / "collector.yaml").read_text())
+    port = collector["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].rsplit(":", 1)[1]
+    assert config.export.otlp.endpoint.endswith(f":{port}")
