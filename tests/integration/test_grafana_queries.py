@@ -14,6 +14,7 @@ non-zero value.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts.render_panels import render_all
 from tests.integration.test_oom_probe import HOG, python
 from tests.integration.test_process_state_probe import blocking
 from tests.integration.test_prometheus_export import PROMETHEUS, http_get
@@ -44,10 +46,14 @@ from vigil.api.export import DEFAULT_METRIC_ATTRIBUTES
 
 pytestmark = [pytest.mark.bpf, pytest.mark.telemetry]
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
 RATE_WINDOW = "20s"  # $__rate_interval: several 1 s scrapes
+# VIGIL_RENDER_DOCS=1: a longer workload, and the panels rendered into docs/ for README.
+RENDER_DOCS = os.environ.get("VIGIL_RENDER_DOCS") == "1"
+WORKLOAD_S = 90 if RENDER_DOCS else 12
 
 # Panels (dashboard uid, title) this host cannot feed reliably, and why: they may return
 # no series here; every other panel must return at least one.
@@ -264,14 +270,28 @@ def fed_prometheus(tmp_path: Path) -> Iterator[str]:
             time.sleep(2.5)  # scrapes in between
 
         # Rounds of the workload while Prometheus scrapes, so rates see several samples.
-        deadline = time.monotonic() + 12
+        started = time.time()
+        deadline = time.monotonic() + WORKLOAD_S
+        rounds = 0
         while time.monotonic() < deadline:
+            rounds += 1
+            if RENDER_DOCS and rounds % 3 == 0:
+                time.sleep(1.5)  # a varying load makes a picture that shows the rates move
             subprocess.run(
                 ["/bin/bash", "-c", WORKLOAD, "bash", str(leaf), str(port), str(free_port())],
                 check=True,
             )
         time.sleep(2)  # the last round's exits reach a scrape
         yield base
+        out = ROOT / "docs" if RENDER_DOCS else tmp_path / "panels"
+        # Every dashboard draws from the real data (README's pictures: VIGIL_RENDER_DOCS=1).
+        pictures = render_all(
+            base, out, start=started - 5, end=time.time(), rate_window=RATE_WINDOW
+        )
+        assert sorted(p.name for p in pictures) == sorted(
+            p.with_suffix(".png").name for p in (DEPLOY / "grafana").glob("*.json")
+        )
+        assert all(p.stat().st_size > 20_000 for p in pictures), [p.stat() for p in pictures]
 
 
 def test_every_panel_and_rule_evaluates_and_fed_panels_have_data(fed_prometheus: str) -> None:
