@@ -262,12 +262,6 @@ def fed_prometheus(tmp_path: Path) -> Iterator[str]:
         stack.callback(zombie.kill)
         stack.enter_context(blocking(blocker, leaf))
         memory = stack.enter_context(memory_cgroup_v1(32 * MiB))
-        # Two kills, scrapes apart: a counter series is born at its first kill, and
-        # increase() only sees what happens after a series' first sample.
-        for _ in range(2):
-            hog = spawn(python(HOG, 300), cgroup=leaf, also_in=[memory])
-            assert hog.wait(timeout=60) == -9  # SIGKILL by the OOM killer
-            time.sleep(2.5)  # scrapes in between
 
         # Rounds of the workload while Prometheus scrapes, so rates see several samples.
         started = time.time()
@@ -281,7 +275,13 @@ def fed_prometheus(tmp_path: Path) -> Iterator[str]:
                 ["/bin/bash", "-c", WORKLOAD, "bash", str(leaf), str(port), str(free_port())],
                 check=True,
             )
-        time.sleep(2)  # the last round's exits reach a scrape
+        # OOM kills last, so that they fall in the window of the instant queries. Two,
+        # scrapes apart: a counter series is born at its first kill, and increase() only
+        # sees what happens after a series' first sample.
+        for _ in range(2):
+            hog = spawn(python(HOG, 300), cgroup=leaf, also_in=[memory])
+            assert hog.wait(timeout=60) == -9  # SIGKILL by the OOM killer
+            time.sleep(2.5)  # scrapes in between, and after the last
         yield base
         out = ROOT / "docs" if RENDER_DOCS else tmp_path / "panels"
         # Every dashboard draws from the real data (README's pictures: VIGIL_RENDER_DOCS=1).
