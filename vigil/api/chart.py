@@ -155,6 +155,24 @@ class OperatorValues(ApiModel):
     service_account: ServiceAccount = Field(default_factory=ServiceAccount)
 
 
+class GrafanaDashboards(ApiModel):
+    """vigil's dashboards as ConfigMaps for the Grafana sidecar (deploy/README.md)."""
+
+    enabled: bool = False
+    label: str = Field("grafana_dashboard", description="the sidecar's `label`")
+    label_value: str = Field("1", description="the sidecar's `labelValue`")
+    namespace: str = Field("", description="default: the release's namespace")
+    folder: str = Field("", description="a Grafana folder, through folderAnnotation")
+    folder_annotation: str = "grafana_folder"
+
+
+class PrometheusRuleValues(ApiModel):
+    """vigil's alert and anomaly-band rules (needs the Prometheus Operator's CRDs)."""
+
+    enabled: bool = False
+    labels: Labels = Field(default_factory=dict, description="e.g. to match a ruleSelector")
+
+
 class ChartValues(ApiModel):
     image: Image
     image_pull_secrets: list[PullSecret] = Field(default_factory=list)
@@ -164,6 +182,8 @@ class ChartValues(ApiModel):
     )
     agent: AgentValues = Field(default_factory=AgentValues)
     operator: OperatorValues = Field(default_factory=OperatorValues)
+    grafana_dashboards: GrafanaDashboards = Field(default_factory=GrafanaDashboards)
+    prometheus_rule: PrometheusRuleValues = Field(default_factory=PrometheusRuleValues)
 
 
 def schema() -> dict[str, Any]:
