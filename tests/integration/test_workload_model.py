@@ -27,6 +27,7 @@ from tests.support.agent import CollectingSink, of_pid, scratch_cgroup
 from tests.support.bpf import require_bpf
 from tests.support.kubeapi import FakeKubeAPI
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.support.otlp_receiver import attributes as received_attributes
 from tests.unit.test_metrics import assert_otlp_registered
 from vigil.agent.pipeline.readings import Readings
 from vigil.agent.runtime import Agent
@@ -227,10 +228,18 @@ def exported_points(receiver: OtlpReceiver) -> list[tuple[str, str, dict[str, An
 
 
 def latest(receiver: OtlpReceiver, name: str) -> list[dict[str, Any]]:
-    """The attributes of metric `name`'s points in the latest export."""
-    points = receiver.points(name)
-    newest = max(p.point.time_unix_nano for p in points)
-    return [p.attributes for p in points if p.point.time_unix_nano == newest]
+    """The attributes of metric `name`'s points in the latest export request (empty when
+    that export carried no series of it, e.g. once every one was evicted)."""
+    with receiver.changed:
+        request = receiver.metrics[-1]
+    return [
+        received_attributes(point.attributes)
+        for resource_metrics in request.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+        if metric.name == name
+        for point in getattr(metric, metric.WhichOneof("data")).data_points
+    ]
 
 
 CHURN_PODS = 500
