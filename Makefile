@@ -2,7 +2,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: setup run test lint bench doctor
+.PHONY: setup run test test-kernels lint bench doctor
 
 setup:
 	@bash scripts/setup.sh
@@ -12,6 +12,11 @@ run: setup
 
 test: setup lint
 	$(VENV)/bin/python -m pytest $(ARGS)
+
+# Boot the newest kernel of each Debian suite (5.10 ... 7.x) under QEMU and run the
+# kernel-marked integration tests inside each (e2e/kernels/run.py; KERNELS=sid,6.1 picks some).
+test-kernels: setup
+	$(VENV)/bin/python e2e/kernels/run.py
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check kernel features, privileges and offsets")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument(
+        "--btf",
+        type=Path,
+        metavar="FILE",
+        help="check another kernel offline from its BTF (a copy of its /sys/kernel/btf/vmlinux): "
+        "the struct members and tracepoints the probes need",
+    )
     return parser
 
 
@@ -187,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         from vigil.agent import doctor
 
-        return doctor.main(as_json=args.json)
+        return doctor.main(as_json=args.json, btf_file=args.btf)
     return _run(args)
 
 

@@ -195,6 +195,7 @@ def slow_waits(histogram: Log2Histogram) -> int:
     return sum(histogram.counts[FIRST_SLOT_ABOVE_1MS:])
 
 
+@pytest.mark.kernel
 def test_busy_cgroup_waits_idle_cgroup_does_not(
     probe: RunqlatProbe, workload: Path, oracle: Any
 ) -> None:
@@ -297,6 +298,7 @@ def test_size_change_needs_recompile(probe: RunqlatProbe) -> None:
     assert probe.config.max_cgroups == 4096
 
 
+@pytest.mark.kernel
 def test_unselected_cgroups_are_not_measured(
     probe: RunqlatProbe, workload: Path, oracle: Any
 ) -> None:
