@@ -16,7 +16,7 @@ mmdebstrap --quiet --variant=minbase \
     --customize-hook='cp /etc/ssl/certs/ca-certificates.crt "$1/tmp/host-ca.crt"' \
     --customize-hook="cp '$requirements' \"\$1/tmp/requirements.txt\"" \
     --customize-hook='chroot "$1" python3 -m venv --system-site-packages /opt/vigil' \
-    --customize-hook='chroot "$1" env PIP_CERT=/tmp/host-ca.crt REQUESTS_CA_BUNDLE=/tmp/host-ca.crt SSL_CERT_FILE=/tmp/host-ca.crt /opt/vigil/bin/pip install -q --disable-pip-version-check --no-cache-dir -r /tmp/requirements.txt' \
+    --customize-hook='chroot "$1" env -u PIP_FIND_LINKS PIP_CERT=/tmp/host-ca.crt REQUESTS_CA_BUNDLE=/tmp/host-ca.crt SSL_CERT_FILE=/tmp/host-ca.crt /opt/vigil/bin/pip install -q --disable-pip-version-check --no-cache-dir -r /tmp/requirements.txt' \
     --customize-hook='rm -f "$1/tmp/host-ca.crt" "$1/tmp/requirements.txt"' \
     bookworm "$dir.tmp" "$mirror/debian" >&2
 arch=$(cd "$dir.tmp" && ls -d usr/src/linux-headers-*-amd64 | sort -V | tail -1)

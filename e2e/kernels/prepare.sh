@@ -171,7 +171,9 @@ requirements() {
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 dev = project["optional-dependencies"]["dev"]
-print("\n".join(project["dependencies"] + [d for d in dev if d.split(">")[0] in ("pytest", "hypothesis")]))
+# the test runner and what tests/support imports (the fake API server: aiohttp, jsonschema)
+test_deps = ("pytest", "hypothesis", "aiohttp", "jsonschema")
+print("\n".join(project["dependencies"] + [d for d in dev if d.split(">")[0] in test_deps]))
 EOP
 }
 

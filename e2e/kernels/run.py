@@ -267,7 +267,9 @@ def main() -> int:
     wanted = [w for w in args.kernels.split(",") if w]
     if wanted:
         kernels = [
-            k for k in kernels if any(k.suite == w or k.release.startswith(w) for w in wanted)
+            k
+            for k in kernels
+            if any(k.suite == w or re.match(rf"{re.escape(w)}[.-]", k.release) for w in wanted)
         ]
     results: list[Result] = []
     missing = [k for k in kernels if k.release == "-"]
