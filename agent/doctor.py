@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vigil.agent.kernel import btf, compiler, features, headers
+from vigil.agent.kernel import btf, compiler, features, headers, limits
 from vigil.agent.pipeline.timefmt import MonotonicClock
 from vigil.agent.probes import registry
 from vigil.agent.probes.base import Probe, ProbeContext, ProbeError
@@ -45,6 +45,7 @@ def _probe_verdicts(
     kernel: str,
     missing_tracepoints: dict[str, str],
     offsets: compiler.FieldOffsets,
+    reader: btf.BTF | None,
 ) -> dict[str, dict[str, Any]]:
     """Per probe: what it needs, and "not supported on <kernel>: <reason>" when it lacks any."""
     verdicts: dict[str, dict[str, Any]] = {}
@@ -60,6 +61,8 @@ def _probe_verdicts(
             for member in sorted(probe.members)
             if member in offsets.missing
         ]
+        if reader is not None:  # kernel features the probe's defaults need (limits.py)
+            reasons += limits.probe_limits(probe.name, reader)
         verdicts[probe.name] = {
             "tracepoints": tracepoints,
             "btf_members": sorted(probe.members),
@@ -104,8 +107,17 @@ def collect() -> dict[str, Any]:
         "header_tree": tree,
         "btf_offsets": _offsets_json(offsets),
         "btf_missing": offsets.missing,
-        "probes": _probe_verdicts(probes, os.uname().release, missing_tracepoints, offsets),
+        "probes": _probe_verdicts(
+            probes, os.uname().release, missing_tracepoints, offsets, _running_btf()
+        ),
     }
+
+
+def _running_btf() -> btf.BTF | None:
+    try:
+        return btf.load_vmlinux()
+    except btf.BTFError:
+        return None
 
 
 def tracepoint_in_btf(reader: btf.BTF, tracepoint: str) -> tuple[bool, str]:
@@ -158,7 +170,7 @@ def collect_offline(path: Path) -> dict[str, Any]:
         "header_tree": None,
         "btf_offsets": _offsets_json(offsets),
         "btf_missing": offsets.missing,
-        "probes": _probe_verdicts(probes, kernel, missing_tracepoints, offsets),
+        "probes": _probe_verdicts(probes, kernel, missing_tracepoints, offsets, reader),
         "not_checked": "ring buffers, privileges, kernel headers and bcc: only on the host itself",
     }
 

@@ -54,6 +54,7 @@ class Result:
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -116,7 +117,8 @@ def attached_probes(stderr: str) -> dict[str, str]:
     """What `vigil-agent run --probes <all>` said about each probe."""
     states: dict[str, str] = {}
     for match in re.finditer(r"probe (\w+) not running: (.*)", stderr):
-        states[match.group(1)] = match.group(2).strip().splitlines()[0][:120]
+        reason = match.group(2).strip()
+        states[match.group(1)] = reason.removeprefix(f"probe {match.group(1)}: ")
     ready = re.search(r"ready: probes (.*?) attached", stderr)
     for name in PROBES:
         if name in states:
@@ -201,7 +203,14 @@ def run_kernel(kernel: Kernel, *, accel: str, cache: Path, share: Path, timeout:
         (out / "probes.err").read_text(errors="replace") if (out / "probes.err").is_file() else ""
     )
     result.probes = attached_probes(probes_err)
-    result.problems += [f"probe {n}: {s}" for n, s in result.probes.items() if s != "attached"]
+    # A probe the kernel cannot run must say so ("not supported on <release>: why");
+    # anything else that kept it from attaching is a failure.
+    result.problems += [
+        f"probe {n}: {s}"
+        for n, s in result.probes.items()
+        if s != "attached" and "not supported on" not in s
+    ]
+    result.notes += [f"probe {n}: {s}" for n, s in result.probes.items() if "not supported on" in s]
     junit_counts(out / "junit.xml", result)
     rc = (out / "pytest.rc").read_text().strip() if (out / "pytest.rc").is_file() else "?"
     if rc != "0" or result.failed or not result.passed:
@@ -209,6 +218,12 @@ def run_kernel(kernel: Kernel, *, accel: str, cache: Path, share: Path, timeout:
             f"pytest -m kernel: rc {rc}, {result.failed} failed ({out / 'pytest.log'})"
         )
     return result
+
+
+def _short(state: str) -> str:
+    if "not supported on" in state:
+        return "not supported (below)"
+    return state[:40]
 
 
 def table(results: list[Result], accel: str) -> str:
@@ -221,7 +236,7 @@ def table(results: list[Result], accel: str) -> str:
         rows.append([
             r.kernel.release, r.kernel.suite, r.boot, f"{r.wall:.0f}",
             r.doctor[:40], r.btf_doctor[:40],
-            *(r.probes.get(p, "-")[:40] for p in PROBES), tests,
+            *(_short(r.probes.get(p, "-")) for p in PROBES), tests,
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [f"kernel matrix ({accel}, -m 2G -smp 2)"]
@@ -301,6 +316,8 @@ def main() -> int:
     for r in results:
         for failure in r.failures:
             print(f"{r.kernel.release}: FAILED {failure}")
+        for note in r.notes:
+            print(f"{r.kernel.release}: {note}")
         for problem in r.problems:
             print(f"{r.kernel.release}: {problem}")
     print(f"total {time.monotonic() - started:.0f} s; results in {share / 'results'}")
