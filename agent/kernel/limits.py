@@ -8,6 +8,8 @@ Found by `make test-kernels` on Debian's 5.10, the oldest kernel tested:
   program that reads a 4th argument is refused at attach (EINVAL) before that.
 - BPF task storage (`BPF_MAP_TYPE_TASK_STORAGE`) arrived in Linux 5.11; the
   syscalls probe keeps each call's entry time there in latency mode.
+- `bpf_task_pt_regs` arrived in Linux 5.15; the syscalls probe's count-only mode
+  reads the syscall number through it.
 """
 
 from __future__ import annotations
@@ -35,13 +37,20 @@ def task_storage(reader: btf.BTF) -> str | None:
     return "no BPF task storage before Linux 5.11 (syscall latency needs it; latency: false works)"
 
 
+def task_pt_regs(reader: btf.BTF) -> str | None:
+    """None when the bpf_task_pt_regs helper exists; otherwise why not."""
+    if reader.has_enumerator("BPF_FUNC_task_pt_regs"):
+        return None
+    return "no bpf_task_pt_regs before Linux 5.15 (count-only syscalls need it)"
+
+
 def probe_limits(probe: str, reader: btf.BTF, *, latency: bool = True) -> list[str]:
     """What the kernel behind `reader` lacks for `probe` (empty: nothing)."""
     reasons: list[str | None] = []
     if probe in ("runqlat", "process_state"):
         reasons.append(sched_switch_prev_state(reader))
-    if probe == "syscalls" and latency:
-        reasons.append(task_storage(reader))
+    if probe == "syscalls":
+        reasons.append(task_storage(reader) if latency else task_pt_regs(reader))
     return [reason for reason in reasons if reason]
 
 

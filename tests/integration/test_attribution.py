@@ -102,6 +102,7 @@ def test_plain_docker_and_systemd_service(sink: CollectingSink) -> None:
     assert "container.id" not in service_attrs
 
 
+@pytest.mark.kernel
 def test_unknown_layout_gets_no_container_attributes(sink: CollectingSink) -> None:
     with scratch_cgroup() as scratch:
         odd = scratch / "kubepods.slice" / "not-a-pod" / ("ab" * 32)
@@ -111,7 +112,6 @@ def test_unknown_layout_gets_no_container_attributes(sink: CollectingSink) -> No
     assert "k8s.pod.uid" not in attrs
 
 
-@pytest.mark.kernel
 def test_container_living_under_200ms_is_attributed(sink: CollectingSink) -> None:
     uid, container_id = _ids()
     with scratch_cgroup() as scratch:

@@ -364,7 +364,6 @@ def test_victim_cgroup_is_the_victims_not_the_triggers(
     assert not sink.matching(of_pid(grower.pid, "process.oom_kill"))
 
 
-@pytest.mark.kernel
 def test_victim_in_an_unselected_cgroup_is_filtered_in_the_kernel(
     oom_agent: tuple[Agent, CollectingSink],
 ) -> None:
