@@ -195,7 +195,6 @@ def slow_waits(histogram: Log2Histogram) -> int:
     return sum(histogram.counts[FIRST_SLOT_ABOVE_1MS:])
 
 
-@pytest.mark.kernel
 def test_busy_cgroup_waits_idle_cgroup_does_not(
     probe: RunqlatProbe, workload: Path, oracle: Any
 ) -> None:
@@ -224,6 +223,7 @@ def test_busy_cgroup_waits_idle_cgroup_does_not(
     assert 1 <= cold.waits.count <= 5
 
 
+@pytest.mark.kernel
 def test_collect_reports_removed_cgroups_once_more(
     probe: RunqlatProbe, workload: Path, oracle: Any
 ) -> None:
