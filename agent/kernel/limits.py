@@ -34,7 +34,7 @@ def task_storage(reader: btf.BTF) -> str | None:
     """None when BPF task storage maps exist; otherwise why not."""
     if reader.has_enumerator("BPF_MAP_TYPE_TASK_STORAGE"):
         return None
-    return "no BPF task storage before Linux 5.11 (syscall latency needs it; latency: false works)"
+    return "no BPF task storage before Linux 5.11 (syscall latency needs it)"
 
 
 def task_pt_regs(reader: btf.BTF) -> str | None:
