@@ -2,7 +2,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: setup run test test-otel-floor lint bench doctor
+.PHONY: setup run test test-otel-floor test-kernels lint bench doctor
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,11 @@ test: setup lint
 # allows, in their own .venv-otel-floor (vigil uses private SDK names).
 test-otel-floor: setup
 	@bash scripts/test-otel-floor.sh
+
+# Boot the newest kernel of each Debian suite (5.10 ... 7.x) under QEMU and run the
+# kernel-marked integration tests inside each (e2e/kernels/run.py; KERNELS=sid,6.1 picks some).
+test-kernels: setup
+	$(VENV)/bin/python e2e/kernels/run.py
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check kernel features, privileges and offsets")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument(
+        "--btf",
+        type=Path,
+        metavar="FILE",
+        help="check another kernel offline from its BTF (a copy of its /sys/kernel/btf/vmlinux): "
+        "the struct members and tracepoints the probes need",
+    )
 
     tracepoints = commands.add_parser(
         "tracepoints",
@@ -328,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         from vigil.agent import doctor
 
-        return doctor.main(as_json=args.json)
+        return doctor.main(as_json=args.json, btf_file=args.btf)
     if args.command == "tracepoints":
         return _tracepoints(args)
     if args.command in ("inspect", "top"):

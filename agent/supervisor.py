@@ -15,6 +15,7 @@ Readings, which is all the exporters see of them.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -101,6 +102,7 @@ class Supervisor:
         if offsets.missing:
             # Every member the shipped probes read is essential to them.
             raise ProbeError(
+                f"not supported on {os.uname().release}: "
                 "kernel struct members not resolvable from BTF: "
                 + "; ".join(f"{name}: {why}" for name, why in sorted(offsets.missing.items()))
                 + " (run `vigil-agent doctor`)"

@@ -149,6 +149,19 @@ static __always_inline u64 vigil_cgroup_v2_id(void *cgrp)
  * 1, 2, 4, ... (buckets are upper-inclusive there too). */
 #define VIGIL_LOG2_SLOTS 48
 
+/* Clamp an array index to the last slot IN the register that indexes. A C clamp
+ * (`bits < N ? bits : N - 1`) lets clang compare a zero-extended copy and index
+ * with the original: 6.1's verifier then sees an unbounded index and refuses the
+ * program ("R2 unbounded memory access"; measured on Debian 6.1.0-57 by
+ * `make test-kernels`), while 6.12 and later track the copy. */
+static __always_inline u64 vigil_slot_bound(u64 slot)
+{
+    asm volatile("if %[s] <= %[last] goto +1\n\t%[s] = %[last]"
+                 : [s] "+r"(slot)
+                 : [last] "i"(VIGIL_LOG2_SLOTS - 1));
+    return slot;
+}
+
 static __always_inline u32 vigil_log2_slot(u64 v)
 {
     u32 bits = 0;
@@ -162,7 +175,7 @@ static __always_inline u32 vigil_log2_slot(u64 v)
     if (v >> 2) { v >>= 2; bits += 2; }
     if (v >> 1) { v >>= 1; bits += 1; }
     bits += (u32)v;
-    return bits < VIGIL_LOG2_SLOTS ? bits : VIGIL_LOG2_SLOTS - 1;
+    return vigil_slot_bound(bits);
 }
 
 /* Tracepoint subscriptions (the `tracepoints` probe). Their programs are

@@ -164,6 +164,7 @@ class BTF:
         "_composite_ids",
         "_data",
         "_int_ids",
+        "_named",
         "_offsets",
         "_pointer_size",
         "_source",
@@ -183,6 +184,7 @@ class BTF:
         self._source = source
         self._structs: dict[bytes, int] | None = None
         self._unions: dict[bytes, int] | None = None
+        self._named: dict[int, frozenset[bytes]] = {}
         self._pointer_size: int | None = None
         order, type_start, type_end, str_start, str_end = self._parse_header()
         self._u32 = struct.Struct(order + "I")
@@ -346,6 +348,72 @@ class BTF:
         structs, unions = self._name_indexes()
         key = _encode(name)
         return key in structs or key in unions
+
+    def has_typedef(self, name: str) -> bool:
+        """Whether a typedef called ``name`` exists.
+
+        A kernel declares ``typedef void (*btf_trace_<event>)(void *, ...)`` for
+        every raw tracepoint it has, so this answers "does this kernel have the
+        tracepoint?" from its BTF alone (``vigil-agent doctor --btf``).
+        """
+        return _encode(name) in self._names_of_kind(_TYPEDEF)
+
+    def has_function(self, name: str) -> bool:
+        """Whether a function (BTF_KIND_FUNC) called ``name`` exists, e.g. ``__x64_sys_accept4``."""
+        return _encode(name) in self._names_of_kind(_FUNC)
+
+    def has_enumerator(self, name: str) -> bool:
+        """Whether any enum has a value called ``name``, e.g. ``BPF_MAP_TYPE_TASK_STORAGE``."""
+        key = _encode(name)
+        for type_id in self._ids_of_kind(_ENUM):
+            for name_off, _ in self._enum_items(type_id):
+                if name_off and self._raw_string(name_off) == key:
+                    return True
+        return False
+
+    def typedef_proto_arity(self, name: str) -> int | None:
+        """Parameters of the function type behind ``typedef <ret> (*name)(...)``.
+
+        ``btf_trace_<event>`` takes the BPF context first, then the tracepoint's
+        arguments: raw tracepoint programs may read exactly that many, minus one.
+        None when there is no such typedef or it is not a function pointer.
+        """
+        key = _encode(name)
+        for type_id in self._ids_of_kind(_TYPEDEF):
+            if self._raw_string(self._record(type_id)[4]) != key:
+                continue
+            target = self._record(type_id)[3]
+            if target and self._record(target)[0] == _PTR:
+                target = self._record(target)[3]
+            if target and self._record(target)[0] == _FUNC_PROTO:
+                return self._record(target)[1]
+            return None
+        return None
+
+    def _ids_of_kind(self, kind: int) -> Iterator[int]:
+        unpack = self._u32x2.unpack_from
+        data = self._data
+        for type_id in range(1, len(self._offsets)):
+            if (unpack(data, self._offsets[type_id])[1] >> 24) & 0x1F == kind:
+                yield type_id
+
+    def _enum_items(self, type_id: int) -> Iterator[tuple[int, int]]:
+        base = self._offsets[type_id] + _RECORD_LEN
+        for i in range(self._record(type_id)[1]):
+            yield self._u32x2.unpack_from(self._data, base + 8 * i)
+
+    def _names_of_kind(self, kind: int) -> frozenset[bytes]:
+        """Every name of one kind, gathered in one pass on first use (~0.1 s for vmlinux)."""
+        names = self._named.get(kind)
+        if names is None:
+            unpack = self._u32x2.unpack_from
+            data, found = self._data, set()
+            for off in self._offsets[1:]:
+                name_off, info = unpack(data, off)
+                if (info >> 24) & 0x1F == kind and name_off:
+                    found.add(self._raw_string(name_off))
+            names = self._named[kind] = frozenset(found)
+        return names
 
     def __repr__(self) -> str:
         return f"<BTF {self._source}: {len(self._offsets) - 1} types>"

@@ -25,11 +25,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vigil.agent.kernel import mounts
+from vigil.agent.kernel import limits, mounts
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.samples import MetricPoint
 from vigil.agent.probes import cgroup_maps
-from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext
+from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext, ProbeError
 from vigil.agent.probes.process import PROCESS_STATE
 from vigil.api.attributes import VIGIL_CGROUP_ID, VIGIL_PROCESS_STATE_NAME
 from vigil.api.probes.process_state import ProcessStateProbe as ProcessStateConfig
@@ -152,6 +152,9 @@ class ProcessStateProbe(Probe):
         self._seeded: Counter[int] = Counter()
 
     def defines(self) -> dict[str, int | str]:
+        unsupported = limits.unsupported_here("process_state")
+        if unsupported:
+            raise ProbeError(f"probe {self.name}: {unsupported}")
         return {
             "PROCESS_STATE_MAX_CGROUPS": self.config.max_cgroups,
             "PROCESS_STATE_MAX_TASKS": self.config.max_tasks,

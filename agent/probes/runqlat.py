@@ -20,11 +20,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from vigil.agent.kernel import limits
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
 from vigil.agent.pipeline.samples import MetricPoint, registered
 from vigil.agent.probes import cgroup_maps
-from vigil.agent.probes.base import DecodeError, Hook, Probe
+from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeError
 from vigil.api import metrics
 from vigil.api.attributes import VIGIL_CGROUP_ID
 from vigil.api.events import AttributeValue
@@ -100,6 +101,9 @@ class RunqlatProbe(Probe):
     config: RunqlatConfig
 
     def defines(self) -> dict[str, int | str]:
+        unsupported = limits.unsupported_here("runqlat")
+        if unsupported:
+            raise ProbeError(f"probe {self.name}: {unsupported}")
         return {
             "RUNQLAT_MAX_CGROUPS": self.config.max_cgroups,
             "RUNQLAT_MAX_TASKS": self.config.max_tasks,

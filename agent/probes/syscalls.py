@@ -22,11 +22,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vigil.agent.kernel import mounts
+from vigil.agent.kernel import limits, mounts
 from vigil.agent.pipeline.events import Event
 from vigil.agent.pipeline.histograms import LOG2_SLOTS, Log2Histogram
 from vigil.agent.pipeline.samples import EventMetric, MetricPoint, registered
-from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext, RecordLayout
+from vigil.agent.probes.base import DecodeError, Hook, Probe, ProbeContext, ProbeError, RecordLayout
 from vigil.api import metrics
 from vigil.api.attributes import (
     PROCESS_EXECUTABLE_NAME,
@@ -138,6 +138,9 @@ class SyscallsProbe(Probe):
         self._cpus = possible_cpus()
 
     def defines(self) -> dict[str, int | str]:
+        unsupported = limits.unsupported_here("syscalls", latency=self.config.latency)
+        if unsupported:
+            raise ProbeError(f"probe {self.name}: {unsupported}")
         latency = self.config.latency
         return {
             "SYSCALLS_LATENCY": int(latency),

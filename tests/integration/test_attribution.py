@@ -85,6 +85,7 @@ def test_kubelet_layouts(
     assert "k8s.pod.name" not in attrs  # standalone: no API server
 
 
+@pytest.mark.kernel
 def test_plain_docker_and_systemd_service(sink: CollectingSink) -> None:
     container_id = secrets.token_hex(32)
     with scratch_cgroup() as scratch:
@@ -101,6 +102,7 @@ def test_plain_docker_and_systemd_service(sink: CollectingSink) -> None:
     assert "container.id" not in service_attrs
 
 
+@pytest.mark.kernel
 def test_unknown_layout_gets_no_container_attributes(sink: CollectingSink) -> None:
     with scratch_cgroup() as scratch:
         odd = scratch / "kubepods.slice" / "not-a-pod" / ("ab" * 32)
@@ -128,6 +130,7 @@ def test_container_living_under_200ms_is_attributed(sink: CollectingSink) -> Non
         assert attrs["k8s.pod.uid"] == uid
 
 
+@pytest.mark.kernel
 def test_cgroups_made_before_start_are_found_by_the_scan() -> None:
     uid, container_id = _ids()
     with scratch_cgroup() as scratch:

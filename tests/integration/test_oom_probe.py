@@ -230,6 +230,7 @@ def test_join_whichever_program_runs_first(task_first: bool) -> None:
     assert_figures_match_kernel(event, record)
 
 
+@pytest.mark.kernel
 def test_a_victim_seen_by_one_program_only_is_counted() -> None:
     require_bpf()
     with oom_module() as (bpf, records), memory_cgroup_v1(32 * MiB) as memory:
@@ -269,6 +270,7 @@ def sink(oom_agent: tuple[Agent, CollectingSink]) -> CollectingSink:
     return oom_agent[1]
 
 
+@pytest.mark.kernel
 def test_oom_killed_process_has_its_pid_and_cgroup(sink: CollectingSink) -> None:
     with (
         memory_cgroup_v1(32 * MiB) as memory,

@@ -188,6 +188,7 @@ def test_namespaced_policy_sees_only_its_namespace(cluster: Cluster) -> None:
     assert cluster.sink.matching(of_pid(pid_b)) == []
 
 
+@pytest.mark.kernel
 def test_unselected_cgroup_produces_no_ring_buffer_record(cluster: Cluster) -> None:
     selected = cluster.pod("a", {"app": "web"})
     unselected = cluster.pod("a", {"app": "db"})

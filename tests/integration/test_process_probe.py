@@ -20,6 +20,7 @@ from vigil.api.config import AgentConfig
 pytestmark = pytest.mark.bpf
 
 
+@pytest.mark.kernel
 def test_exec_in_a_scratch_cgroup_has_exact_identity(sink: CollectingSink) -> None:
     with scratch_cgroup() as cgroup:
         cgroup_id = cgroup.stat().st_ino
@@ -49,6 +50,7 @@ def test_exec_in_a_scratch_cgroup_has_exact_identity(sink: CollectingSink) -> No
 
 
 @pytest.mark.parametrize("code", [0, 3])
+@pytest.mark.kernel
 def test_exit_codes(sink: CollectingSink, code: int) -> None:
     child = spawn(["/bin/sh", "-c", f"exit {code}"])
     assert child.wait() == code
@@ -57,6 +59,7 @@ def test_exit_codes(sink: CollectingSink, code: int) -> None:
     assert "vigil.process.exit.signal" not in event.attributes
 
 
+@pytest.mark.kernel
 def test_death_by_sigkill(sink: CollectingSink) -> None:
     child = spawn(["/bin/sleep", "30"])
     sink.wait_for(of_pid(child.pid, "process.exec"))
@@ -67,6 +70,7 @@ def test_death_by_sigkill(sink: CollectingSink) -> None:
     assert event.attributes["process.exit.code"] == 128 + 9
 
 
+@pytest.mark.kernel
 def test_multithreaded_process_exits_once(sink: CollectingSink) -> None:
     # Eight threads; a non-main thread ends the whole process with code 5.
     program = textwrap.dedent(
@@ -127,6 +131,7 @@ def test_argv_truncated_by_length(sink: CollectingSink) -> None:
     assert event.attributes["vigil.process.args_truncated"] is True
 
 
+@pytest.mark.kernel
 def test_argv_truncated_in_kernel(sink: CollectingSink) -> None:
     args = ["y" * 200 for _ in range(25)]  # 5025 bytes of argv: more than the 4095 read
     child = spawn(["/bin/true", *args])
@@ -141,6 +146,7 @@ def test_argv_truncated_in_kernel(sink: CollectingSink) -> None:
     assert event.attributes["vigil.process.args_truncated"] is True
 
 
+@pytest.mark.kernel
 def test_redaction(sink: CollectingSink) -> None:
     child = spawn(
         ["/bin/true", "--password=hunter2", "--token", "abc123", "user=bob", "db_secret=s3"]
@@ -157,6 +163,7 @@ def test_redaction(sink: CollectingSink) -> None:
     ]
 
 
+@pytest.mark.kernel
 def test_zombie_count_rises_and_falls(agent: Agent, sink: CollectingSink) -> None:
     with scratch_cgroup() as cgroup:
         cgroup_id = cgroup.stat().st_ino

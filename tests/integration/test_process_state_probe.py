@@ -114,6 +114,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) 
         time.sleep(0.01)
 
 
+@pytest.mark.kernel
 def test_gauge_counts_blocked_tasks_and_falls_back(agent: Agent, blocker: Path) -> None:
     probe = probe_of(agent)
     with scratch_cgroup() as cgroup:
@@ -154,6 +155,7 @@ def test_tasks_already_blocked_at_attach_are_counted(blocker: Path) -> None:
                 agent.stop()
 
 
+@pytest.mark.kernel
 def test_unselected_cgroups_are_not_counted(agent: Agent, blocker: Path) -> None:
     bpf = probe_of(agent).bpf
     with scratch_cgroup() as chosen, scratch_cgroup() as other:
@@ -169,6 +171,7 @@ def test_unselected_cgroups_are_not_counted(agent: Agent, blocker: Path) -> None
     assert other_id not in counts
 
 
+@pytest.mark.kernel
 def test_nothing_dropped(agent: Agent) -> None:
     probe = probe_of(agent)
     probe.read_kernel_drops()

@@ -65,6 +65,7 @@ def emitter() -> Iterator[Any]:
     ],
     ids=["mapped", "bcc"],
 )
+@pytest.mark.kernel
 def test_every_record_arrives_exactly_in_order(emitter: Any, mapped: bool) -> None:
     probe = _Raw(context=None)  # type: ignore[arg-type]
     batches: list[list[bytes]] = []

@@ -223,6 +223,7 @@ def test_busy_cgroup_waits_idle_cgroup_does_not(
     assert 1 <= cold.waits.count <= 5
 
 
+@pytest.mark.kernel
 def test_collect_reports_removed_cgroups_once_more(
     probe: RunqlatProbe, workload: Path, oracle: Any
 ) -> None:
@@ -297,6 +298,7 @@ def test_size_change_needs_recompile(probe: RunqlatProbe) -> None:
     assert probe.config.max_cgroups == 4096
 
 
+@pytest.mark.kernel
 def test_unselected_cgroups_are_not_measured(
     probe: RunqlatProbe, workload: Path, oracle: Any
 ) -> None:

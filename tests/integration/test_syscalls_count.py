@@ -103,6 +103,7 @@ def test_only_sys_exit_is_attached(probe: SyscallsProbe) -> None:
     assert probe.config.latency is False
 
 
+@pytest.mark.kernel
 def test_exact_counts_and_errors_without_histograms(probe: SyscallsProbe) -> None:
     code = textwrap.dedent(
         """

@@ -77,6 +77,7 @@ def slow_events(sink: CollectingSink, pid: int, name: str, count: int = 1) -> li
     return sink.wait_for(predicate, count=count, timeout=5)
 
 
+@pytest.mark.kernel
 def test_exact_call_count_and_histogram_for_a_cgroup(probe: SyscallsProbe) -> None:
     calls = 5000
     with scratch_cgroup() as cgroup:
@@ -113,6 +114,7 @@ def test_counts_are_cumulative_between_markers(probe: SyscallsProbe) -> None:
     assert (at_marker, after) == (700, 1000)
 
 
+@pytest.mark.kernel
 def test_errors_are_counted(probe: SyscallsProbe) -> None:
     code = textwrap.dedent(
         """
@@ -131,6 +133,7 @@ def test_errors_are_counted(probe: SyscallsProbe) -> None:
     assert found["vigil.syscall.errors", "getppid"] == 0
 
 
+@pytest.mark.kernel
 def test_slow_nanosleep_is_streamed(probe: SyscallsProbe, sink: CollectingSink) -> None:
     with scratch_cgroup() as cgroup:
         started = time.time_ns()
@@ -225,10 +228,12 @@ def test_top_n_keeps_the_most_called(probe: SyscallsProbe) -> None:
     assert found["vigil.syscall.calls", "getppid"] == 5000
 
 
+@pytest.mark.kernel
 def test_unselected_cgroups_cost_no_entry(probe: SyscallsProbe) -> None:
     assert_only_selected_cgroups_counted(probe)
 
 
+@pytest.mark.kernel
 def test_full_map_is_counted_and_removed_cgroups_are_pruned() -> None:
     entries, cgroups, calls = 16, 24, 50
     agent = Agent(_config(syscalls=["getppid"], max_entries=entries), sinks=[], probes=["syscalls"])

@@ -248,6 +248,7 @@ def exchange(*args: Path, **kwargs: object) -> Iterator[Exchange]:
     ],
     ids=["ipv4", "ipv6", "ipv4-mapped"],
 )
+@pytest.mark.kernel
 def test_each_connection_closes_once_per_side_with_exact_identity_and_bytes(
     sink: CollectingSink,
     server_family: str,
@@ -330,6 +331,7 @@ def test_owner_of_a_connection_taken_with_accept_rather_than_accept4(
     assert [e.attributes["vigil.tcp.bytes_received"] for e in events] == [10, 10]
 
 
+@pytest.mark.kernel
 def test_refused_connect_is_reported_as_a_failed_client_connection(sink: CollectingSink) -> None:
     with socket.socket() as bound:
         bound.bind(("127.0.0.1", 0))  # bound, not listening: connects are refused
@@ -350,6 +352,7 @@ def test_refused_connect_is_reported_as_a_failed_client_connection(sink: Collect
     assert (attrs["vigil.tcp.bytes_sent"], attrs["vigil.tcp.bytes_received"]) == (0, 0)
 
 
+@pytest.mark.kernel
 def test_unselected_cgroups_are_filtered_in_the_kernel(agent: Agent, sink: CollectingSink) -> None:
     with (
         scratch_cgroup() as server_cgroup,
