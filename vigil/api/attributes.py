@@ -36,6 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from vigil.api import readme as readme_tables
+
 # "int | str | list[str]": a template whose keys carry values of the kernel's types
 # (vigil.tracepoint.<field>: integers, strings, integer arrays as lists of decimals).
 ValueType = Literal["str", "int", "bool", "float", "list[str]", "int | str | list[str]"]
@@ -776,39 +778,18 @@ def markdown_table() -> str:
 
 def with_table(readme: str) -> str:
     """`readme` with the generated table between the markers (ValueError without them)."""
-    begin, end = readme.find(README_BEGIN), readme.find(README_END)
-    if begin < 0 or end < begin:
-        raise ValueError(f"no {README_BEGIN} ... {README_END} section")
-    head = readme[: begin + len(README_BEGIN)]
-    return f"{head}\n{markdown_table()}{readme[end:]}"
+    return readme_tables.with_table(readme, markdown_table(), begin=README_BEGIN, end=README_END)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(
-        prog="python -m vigil.api.attributes", description="vigil's attribute keys"
+    return readme_tables.table_main(
+        argv,
+        prog="python -m vigil.api.attributes",
+        description="vigil's attribute keys",
+        table=markdown_table,
+        rewrite=with_table,
+        what="attribute",
     )
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--markdown", action="store_true", help="print the Markdown table")
-    action.add_argument(
-        "--readme", type=Path, metavar="FILE", help="rewrite the table between FILE's markers"
-    )
-    args = parser.parse_args(argv)
-    if args.markdown:
-        print(markdown_table(), end="")
-        return 0
-    path: Path = args.readme
-    text = path.read_text()
-    try:
-        updated = with_table(text)
-    except ValueError as exc:
-        parser.error(f"{path}: {exc}")
-    if updated != text:
-        path.write_text(updated)
-        print(f"{path}: attribute table updated")
-    return 0
 
 
 if __name__ == "__main__":

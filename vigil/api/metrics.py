@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from vigil.api import attributes as keys
+from vigil.api import readme as readme_tables
 
 Instrument = Literal["counter", "updown_counter", "gauge", "histogram"]
 Stability = Literal["development", "stable"]
@@ -412,38 +413,19 @@ def markdown_table() -> str:
 
 
 def with_table(readme: str) -> str:
-    begin, end = readme.find(README_BEGIN), readme.find(README_END)
-    if begin < 0 or end < begin:
-        raise ValueError(f"no {README_BEGIN} ... {README_END} section")
-    return f"{readme[: begin + len(README_BEGIN)]}\n{markdown_table()}{readme[end:]}"
+    """`readme` with the generated table between the markers (ValueError without them)."""
+    return readme_tables.with_table(readme, markdown_table(), begin=README_BEGIN, end=README_END)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(
-        prog="python -m vigil.api.metrics", description="vigil's metrics"
+    return readme_tables.table_main(
+        argv,
+        prog="python -m vigil.api.metrics",
+        description="vigil's metrics",
+        table=markdown_table,
+        rewrite=with_table,
+        what="metric",
     )
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--markdown", action="store_true", help="print the Markdown table")
-    action.add_argument(
-        "--readme", type=Path, metavar="FILE", help="rewrite the table between FILE's markers"
-    )
-    args = parser.parse_args(argv)
-    if args.markdown:
-        print(markdown_table(), end="")
-        return 0
-    path: Path = args.readme
-    text = path.read_text()
-    try:
-        updated = with_table(text)
-    except ValueError as exc:
-        parser.error(f"{path}: {exc}")
-    if updated != text:
-        path.write_text(updated)
-        print(f"{path}: metric table updated")
-    return 0
 
 
 if __name__ == "__main__":
