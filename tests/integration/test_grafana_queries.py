@@ -25,12 +25,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import yaml
 
 from scripts.render_panels import render_all
 from tests.integration.test_oom_probe import HOG, python
 from tests.integration.test_process_state_probe import blocking
-from tests.integration.test_prometheus_export import PROMETHEUS, http_get
+from tests.integration.test_prometheus_export import PROMETHEUS, http_get, start_prometheus
 from tests.integration.test_workload_model import NODE, NS, controller, new_pod
 from tests.support.agent import CollectingSink, memory_cgroup_v1, scratch_cgroup, spawn
 from tests.support.bpf import require_bpf
@@ -114,42 +113,6 @@ def listener() -> tuple[int, threading.Event]:
 
     threading.Thread(target=serve, daemon=True).start()
     return server.getsockname()[1], stop
-
-
-def start_prometheus(base: str, directory: Path, target: str) -> subprocess.Popen[bytes]:
-    assert PROMETHEUS is not None
-    config = directory / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(path) for path in RULE_FILES],
-                "scrape_configs": [
-                    {"job_name": "vigil", "static_configs": [{"targets": [target]}]}
-                ],
-            }
-        )
-    )
-    server = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={directory / 'data'}",
-            f"--web.listen-address={base.removeprefix('http://')}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            http_get(f"{base}/-/ready")
-            return server
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("prometheus did not become ready") from None
-            time.sleep(0.2)
 
 
 def evaluate(base: str, promql: str) -> list[dict[str, object]]:
@@ -258,7 +221,9 @@ def fed_prometheus(tmp_path: Path) -> Iterator[str]:
         time.sleep(0.5)  # the pod reaches the agent's watch
 
         base = f"http://127.0.0.1:{free_port()}"
-        server = start_prometheus(base, tmp_path, f"127.0.0.1:{telemetry.prometheus_port}")
+        server = start_prometheus(
+            base, tmp_path, f"127.0.0.1:{telemetry.prometheus_port}", rule_files=RULE_FILES
+        )
         stack.callback(server.wait, 10)
         stack.callback(server.terminate)
         deadline = time.monotonic() + 20

@@ -8,10 +8,11 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.test_otlp_export import run_times, unique_copy, wait_for_exits
 from tests.support.agent import CollectingSink
@@ -46,14 +47,19 @@ def prometheus_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     return f"http://127.0.0.1:{free_port()}", tmp_path
 
 
-def start_prometheus(base: str, directory: Path, target: str) -> subprocess.Popen[bytes]:
+def start_prometheus(
+    base: str, directory: Path, target: str, *, rule_files: Sequence[Path] = ()
+) -> subprocess.Popen[bytes]:
+    """Prometheus at `base`, scraping `target` every second (evaluating `rule_files`)."""
     assert PROMETHEUS is not None
     config = directory / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: vigil\n    static_configs: [{{targets: ['{target}']}}]\n"
-    )
+    settings: dict[str, object] = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "vigil", "static_configs": [{"targets": [target]}]}],
+    }
+    if rule_files:
+        settings["rule_files"] = [str(path) for path in rule_files]
+    config.write_text(yaml.safe_dump(settings))
     listen = base.removeprefix("http://")
     server = subprocess.Popen(
         [
