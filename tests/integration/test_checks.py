@@ -12,7 +12,6 @@ import json
 import os
 import pty
 import re
-import secrets
 import select
 import signal
 import struct
@@ -21,7 +20,6 @@ import sys
 import termios
 import textwrap
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -31,6 +29,7 @@ import pytest
 from tests.support.agent import memory_cgroup_v1, running, scratch_cgroup, spawn
 from tests.support.bpf import require_bpf
 from tests.support.kubeapi import FakeKubeAPI
+from tests.support.pods import containerd_pod
 from vigil.agent.pipeline.events import Event
 from vigil.api.config import parse_config
 
@@ -309,27 +308,7 @@ NODE = "node-checks"
 
 def _pod(api: FakeKubeAPI, scratch: Path, namespace: str, name: str) -> Path:
     """A running pod's container cgroup (a real directory) and its object in the API."""
-    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
-    leaf = (
-        scratch
-        / "kubepods.slice"
-        / f"kubepods-pod{uid.replace('-', '_')}.slice"
-        / f"cri-containerd-{cid}.scope"
-    )
-    leaf.mkdir(parents=True)
-    api.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid, "labels": {}},
-            "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "x"}]},
-            "status": {
-                "containerStatuses": [
-                    {"name": "main", "image": "x", "containerID": f"containerd://{cid}"}
-                ]
-            },
-        }
-    )
+    leaf, _cid = containerd_pod(api, scratch, namespace=namespace, node=NODE, name=name)
     return leaf
 
 

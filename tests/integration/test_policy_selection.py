@@ -14,7 +14,6 @@ the cgroups the policies select, which is what a tenant's policy-only probe does
 from __future__ import annotations
 
 import ctypes
-import secrets
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ import pytest
 
 from tests.support.agent import CollectingSink, of_pid, scratch_cgroup, spawn
 from tests.support.kubeapi import FakeKubeAPI
+from tests.support.pods import containerd_pod
 from vigil.agent.pipeline.events import Event
 from vigil.agent.runtime import Agent
 from vigil.agent.selection.kernel import CGROUPS_MAP, MODE_MAP
@@ -48,33 +48,10 @@ class Cluster:
 
     def pod(self, namespace: str, labels: dict[str, str], *, known: bool = True) -> Path:
         """A running pod's container cgroup (a real directory; its inode is its id)."""
-        uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
-        leaf = (
-            self.scratch
-            / "kubepods.slice"
-            / f"kubepods-pod{uid.replace('-', '_')}.slice"
-            / f"cri-containerd-{cid}.scope"
+        leaf, cid = containerd_pod(
+            self.api, self.scratch, namespace=namespace, node=NODE, labels=labels, known=known
         )
-        leaf.mkdir(parents=True)
         if known:
-            self.api.create(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {
-                        "name": f"pod-{uid[:6]}",
-                        "namespace": namespace,
-                        "uid": uid,
-                        "labels": labels,
-                    },
-                    "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "x"}]},
-                    "status": {
-                        "containerStatuses": [
-                            {"name": "main", "image": "x", "containerID": f"containerd://{cid}"}
-                        ]
-                    },
-                }
-            )
             assert self.agent.pods is not None
             pods = self.agent.pods
             _eventually(lambda: pods.container(cid) is not None)

@@ -24,6 +24,7 @@ import pytest
 
 from tests.support.agent import CollectingSink, of_pid, scratch_cgroup, spawn
 from tests.support.kubeapi import FakeKubeAPI
+from tests.support.pods import containerd_pod
 from vigil.agent.pipeline.events import Event
 from vigil.agent.runtime import Agent
 from vigil.agent.selection.kernel import PROBE_BITS
@@ -48,31 +49,8 @@ class Node:
 
     def pod(self, namespace: str, labels: dict[str, str]) -> Path:
         """A running pod's container cgroup (a real directory; its inode is its id)."""
-        uid, cid = str(uuid.uuid4()), uuid.uuid4().hex * 2
-        leaf = (
-            self.scratch
-            / "kubepods.slice"
-            / f"kubepods-pod{uid.replace('-', '_')}.slice"
-            / f"cri-containerd-{cid}.scope"
-        )
-        leaf.mkdir(parents=True)
-        self.api.create(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": f"pod-{uid[:6]}",
-                    "namespace": namespace,
-                    "uid": uid,
-                    "labels": labels,
-                },
-                "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "x"}]},
-                "status": {
-                    "containerStatuses": [
-                        {"name": "main", "image": "x", "containerID": f"containerd://{cid}"}
-                    ]
-                },
-            }
+        leaf, cid = containerd_pod(
+            self.api, self.scratch, namespace=namespace, node=NODE, labels=labels
         )
         pods = self.agent.pods
         assert pods is not None

@@ -10,10 +10,8 @@ them through). Only the exec in a/web crosses the tracepoints ring buffer.
 from __future__ import annotations
 
 import ctypes
-import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import yaml
 
 from tests.support.agent import CollectingSink, scratch_cgroup, spawn
 from tests.support.kubeapi import FakeKubeAPI
+from tests.support.pods import containerd_pod
 from vigil.agent.pipeline.events import Event
 from vigil.agent.runtime import Agent
 from vigil.api.config import AgentConfig
@@ -60,31 +59,8 @@ def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def _pod(api: FakeKubeAPI, agent: Agent, root: Path, namespace: str, app: str) -> Path:
-    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
-    leaf = (
-        root
-        / "kubepods.slice"
-        / f"kubepods-pod{uid.replace('-', '_')}.slice"
-        / f"cri-containerd-{cid}.scope"
-    )
-    leaf.mkdir(parents=True)
-    api.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{app}-{uid[:6]}",
-                "namespace": namespace,
-                "uid": uid,
-                "labels": {"app": app},
-            },
-            "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "x"}]},
-            "status": {
-                "containerStatuses": [
-                    {"name": "main", "image": "x", "containerID": f"containerd://{cid}"}
-                ]
-            },
-        }
+    leaf, cid = containerd_pod(
+        api, root, namespace=namespace, node=NODE, labels={"app": app}, prefix=app
     )
     pods = agent.pods
     assert pods is not None
