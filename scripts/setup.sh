@@ -190,9 +190,10 @@ os_packages() {
 main() {
     case "${1:-all}" in
         os) os_packages ;;
+        venv) make_venv ;;  # an empty virtualenv with the OS bcc linked in (test-otel-floor.sh)
         deps) make_venv; install_deps ;;
         all) os_packages; mount_tracefs; make_venv; install_deps; install_vigil ;;
-        *) log "unknown part '$1': choose os, deps or all"; return 2 ;;
+        *) log "unknown part '$1': choose os, venv, deps or all"; return 2 ;;
     esac
 }
 

@@ -16,7 +16,6 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VIGIL_OTEL_FLOOR_VENV:-$ROOT/.venv-otel-floor}
 PYTHON=${PYTHON:-python3}
-BCC_OS_MODULE=/usr/lib/python3/dist-packages/bcc
 
 log() { printf 'otel-floor: %s\n' "$*" >&2; }
 
@@ -45,19 +44,8 @@ EOF
 }
 
 make_venv() {
-    if [ ! -x "$VENV/bin/python" ]; then
-        log "creating $VENV with $($PYTHON --version)"
-        "$PYTHON" -m venv "$VENV"
-    fi
-    # Only the bcc module, as scripts/setup.sh links it (the BPF-marked tests load programs).
-    local site shim
-    site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    shim="$VENV/bcc-os"
-    if [ ! -L "$shim/bcc" ]; then
-        mkdir -p "$shim"
-        ln -sfn "$BCC_OS_MODULE" "$shim/bcc"
-    fi
-    [ -f "$site/bcc_os.pth" ] || echo "$shim" > "$site/bcc_os.pth"
+    # The OS bcc linked in exactly as for .venv (the BPF-marked tests load programs).
+    VIGIL_VENV="$VENV" PYTHON="$PYTHON" bash "$ROOT/scripts/setup.sh" venv
 
     local constraints="$VENV/otel-floor-constraints.txt"
     floor_constraints > "$constraints.new"
